@@ -1,0 +1,104 @@
+"""The landmark U-Net: one builder for the paper's model and the CPU-sized ones.
+
+Input: float32 [B, S, S, C] raw pixel values in [0, 255] (the model rescales), S = `input_size`.
+Outputs: a dict with `heatmaps`, float32 [B, R, R, 3] (PS1, PS2, FH1; linear, trained with MSE
+against unit-peak Gaussians), and, when `seg_classes > 0`, `segmentation`, float32 [B, R, R,
+seg_classes] softmax probabilities (0 background, 1 pubic symphysis, 2 fetal head).
+"""
+
+import math
+
+import keras
+from keras import layers
+
+from aop_tf import NUM_LANDMARKS
+
+# The paper's Table 1: input 512x512x3, 64..1024 channels, decoder back to 512, resize to 64.
+PAPER = dict(input_size=512, input_channels=3, base_filters=64, depth=4, heatmap_size=64,
+             decode_to_full=True)
+
+
+def _conv_block(x, filters, norm, name):
+  for i in (1, 2):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none",
+                      kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
+    if norm == "batch":
+      x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+    elif norm == "group":
+      x = layers.GroupNormalization(groups=min(8, filters), name=f"{name}_gn{i}")(x)
+    x = layers.ReLU(name=f"{name}_relu{i}")(x)
+  return x
+
+
+def decoder_blocks(input_size, heatmap_size, depth, decode_to_full):
+  """Number of decoder blocks: all `depth` of them, or up to the heatmap resolution only."""
+  if decode_to_full:
+    return depth
+  stride = input_size // heatmap_size
+  if stride * heatmap_size != input_size or stride & (stride - 1):
+    raise ValueError(f"input_size {input_size} must be a power-of-two multiple of heatmap_size "
+                     f"{heatmap_size} when the decoder stops at the heatmap resolution.")
+  blocks = depth - int(math.log2(stride))
+  if blocks < 0:
+    raise ValueError(f"depth {depth} is too shallow for output stride {stride}.")
+  return blocks
+
+
+def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
+               decode_to_full=False, norm="batch", seg_classes=0, name="aop_unet"):
+  """Builds the U-Net.
+
+  Args:
+    input_size: side S of the square input, pixels; a multiple of 2**depth.
+    input_channels: 1 (gray) or 3.
+    base_filters: channels of the first encoder block; block i has base * 2**i, the bottleneck
+      base * 2**depth (the paper: 64, depth 4 -> 64..1024).
+    depth: number of encoder (pooling) blocks.
+    heatmap_size: side R of the output heatmaps, cells.
+    decode_to_full: True decodes back to S and resizes to R (the paper); False stops the decoder at
+      R, which needs S / R to be a power of two no larger than 2**depth (much cheaper on CPU).
+    norm: "batch" (the paper), "group" or "none".
+    seg_classes: if > 0, adds a segmentation head with that many classes at the heatmap resolution.
+    name: model name.
+
+  Returns:
+    A functional `keras.Model`.
+  """
+  if input_size % (2 ** depth):
+    raise ValueError(f"input_size {input_size} must be a multiple of 2**depth = {2 ** depth}.")
+  if norm not in ("batch", "group", "none"):
+    raise ValueError(f"Unknown norm {norm!r}; expected batch, group or none.")
+  n_up = decoder_blocks(input_size, heatmap_size, depth, decode_to_full)
+
+  inputs = keras.Input((input_size, input_size, input_channels), name="image")
+  x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+  skips = []
+  for i in range(depth):
+    x = _conv_block(x, base_filters * 2 ** i, norm, f"enc{i + 1}")
+    skips.append(x)
+    x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+  x = _conv_block(x, base_filters * 2 ** depth, norm, "bottleneck")
+  for j in range(n_up):
+    level = depth - 1 - j
+    filters = base_filters * 2 ** level
+    x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{j + 1}")(x)
+    x = layers.Concatenate(name=f"skip{j + 1}")([x, skips[level]])
+    x = _conv_block(x, filters, norm, f"dec{j + 1}")
+
+  def head(features, channels, head_name):
+    y = layers.Conv2D(channels, 1, name=f"{head_name}_logits")(features)
+    if y.shape[1] != heatmap_size:
+      y = layers.Resizing(heatmap_size, heatmap_size, interpolation="bilinear",
+                          name=f"{head_name}_resize")(y)
+    return y
+
+  outputs = {"heatmaps": layers.Identity(name="heatmaps")(head(x, NUM_LANDMARKS, "heatmap"))}
+  if seg_classes:
+    seg = head(x, seg_classes, "seg")
+    outputs["segmentation"] = layers.Softmax(name="segmentation")(seg)
+  return keras.Model(inputs, outputs, name=name)
+
+
+def build_paper_unet():
+  """The paper's Table 1 model (about 31.0 M parameters)."""
+  return build_unet(**PAPER, name="paper_unet")
