@@ -1,0 +1,68 @@
+"""The U-Net builder: the paper's Table 1 model and the CPU-sized variants."""
+
+import numpy as np
+import pytest
+
+from aop_tf import model as model_lib
+from aop_tf import model_dir
+
+
+def _shapes(model):
+  return {name: tuple(t.shape) for name, t in model.output.items()}
+
+
+def test_paper_model_size_and_output():
+  model = model_lib.build_paper_unet()
+  # Table 1 of the paper: ~31.0 M parameters; this builder gives exactly 31,049,539.
+  assert model.count_params() == 31_049_539
+  assert tuple(model.input.shape) == (None, 512, 512, 3)
+  assert _shapes(model) == {"heatmaps": (None, 64, 64, 3)}
+
+
+@pytest.mark.parametrize("input_size,heatmap_size,decode_to_full,n_up", [
+    (256, 64, False, 2),  # the CPU model: decoder stops at 64
+    (256, 64, True, 4),
+    (128, 64, False, 3),
+    (256, 128, False, 3),
+])
+def test_cpu_model_shapes(input_size, heatmap_size, decode_to_full, n_up):
+  model = model_lib.build_unet(input_size=input_size, input_channels=1, base_filters=8, depth=4,
+                               heatmap_size=heatmap_size, decode_to_full=decode_to_full)
+  assert tuple(model.input.shape) == (None, input_size, input_size, 1)
+  assert _shapes(model) == {"heatmaps": (None, heatmap_size, heatmap_size, 3)}
+  assert sum(1 for layer in model.layers if layer.name.startswith("up")) == n_up
+
+
+def test_cpu_model_parameter_count():
+  # The CPU model of baseline_cpu.cfg / cpu.cfg (256 input, gray, base 16, decoder stops at 64).
+  model = model_lib.build_unet(256, 1, 16, 4, 64, decode_to_full=False)
+  assert model.count_params() == 1_900_179
+
+
+def test_segmentation_head_and_forward_pass():
+  model = model_lib.build_unet(64, 1, 4, 3, 16, decode_to_full=False, seg_classes=3, norm="group")
+  assert _shapes(model) == {"heatmaps": (None, 16, 16, 3), "segmentation": (None, 16, 16, 3)}
+  x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 1)).astype("float32")
+  out = model(x, training=False)
+  assert out["heatmaps"].shape == (2, 16, 16, 3)
+  np.testing.assert_allclose(np.sum(out["segmentation"], axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(input_size=100, depth=4), "multiple of 2\\*\\*depth"),
+    (dict(input_size=256, heatmap_size=96, decode_to_full=False), "power-of-two multiple"),
+    (dict(input_size=256, heatmap_size=8, depth=4, decode_to_full=False), "too shallow"),
+    (dict(norm="layer"), "Unknown norm"),
+])
+def test_bad_arguments_raise(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    model_lib.build_unet(**kwargs)
+
+
+def test_save_and_safe_load_round_trip(tmp_path):
+  model = model_lib.build_unet(64, 1, 4, 2, 16, decode_to_full=False)
+  model_dir.write_json(str(tmp_path / model_dir.CONFIG_FILE), {"model": {}})
+  model_dir.save_model(model, model_dir.checkpoint_path(str(tmp_path), "latest"))
+  loaded, _ = model_dir.load_model(str(tmp_path))
+  x = np.random.default_rng(1).uniform(0, 255, (1, 64, 64, 1)).astype("float32")
+  np.testing.assert_allclose(loaded(x)["heatmaps"], model(x)["heatmaps"], atol=1e-6)
