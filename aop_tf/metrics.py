@@ -1,0 +1,310 @@
+"""Landmark and AoP metrics: prediction over a dataset, per-image errors and the summary report.
+
+Points are `(x, y)` in original-image pixels, order PS1, PS2, FH1; sizes are `(width, height)`.
+Errors come in two spaces: original pixels (`_px`) and the 512x512 space the paper reports in
+(`_512`: x scaled by 512 / width, y by 512 / height, via `geometry.to_512_scale`). Decoding and AoP
+are the shared implementations in `aop_tf.heatmap` and `aop_tf.geometry`.
+
+Typical use:
+  preds = metrics.predict_on_dataset(model, data.make_dataset(d, "val", cfg, training=False))
+  errors = metrics.per_image_errors(preds["pred_px"], preds["gt_px"], preds["size_px"])
+  summary = metrics.report(errors)
+"""
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from aop_tf import LANDMARK_NAMES
+from aop_tf import geometry
+from aop_tf import heatmap
+
+# The clinical AoP threshold: >= 120 deg goes with spontaneous vaginal delivery.
+AOP_THRESHOLD_DEG = 120.0
+# Success detection radii, pixels of the 512x512 space.
+SDR_RADII_512 = (2.0, 4.0, 8.0)
+
+
+def _heatmaps_of(outputs):
+  """The heatmap tensor of a model output: a dict with "heatmaps", or the tensor itself."""
+  if isinstance(outputs, dict):
+    if "heatmaps" not in outputs:
+      raise KeyError(f"Model outputs {sorted(outputs)} have no 'heatmaps'.")
+    return outputs["heatmaps"]
+  return outputs
+
+
+def _forward_fn(model):
+  """images float32 [B,S,S,C] 0..255 -> heatmaps [B,R,R,3], for a Keras model or a callable."""
+  if isinstance(model, keras.Model):
+    return lambda images: _heatmaps_of(model(images, training=False))
+  return lambda images: _heatmaps_of(model(images))
+
+
+def _to_str(values):
+  return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def predict_on_dataset(model, dataset, decode_method="dark", blur_sigma_cells=0.0,
+                       keep_heatmaps=False, progress=False, total=None, timing=None):
+  """Runs a model over a batched evaluation dataset and decodes the landmarks.
+
+  Args:
+    model: a Keras model whose output dict has "heatmaps", or any callable
+      `images float32 [B,S,S,C] 0..255 -> heatmaps [B,R,R,3]` (or a dict holding "heatmaps"),
+      e.g. a wrapped SavedModel function.
+    dataset: batches of `data.make_dataset(..., training=False)`: dicts with `image`,
+      `landmarks` [B,3,2] original pixels, `size_px` [B,2] `(width, height)`, `filename` [B].
+    decode_method, blur_sigma_cells: see `heatmap.decode_heatmaps`.
+    keep_heatmaps: also return the raw heatmaps.
+    progress: show a progress bar (counting images; `total` images if known).
+    total: number of images, for the progress bar.
+    timing: optional dict; receives `model_s` (seconds in forward + decode, synchronised),
+      `total_s` and `n_batches`.
+
+  Returns:
+    dict of numpy arrays: `pred_px` float32 [N,3,2], `gt_px` [N,3,2], `size_px` [N,2],
+    `confidence` [N,3] (raw heatmap peaks), `filename` object [N] of str, and `heatmaps`
+    float32 [N,R,R,3] when `keep_heatmaps`. In dataset order.
+  """
+  forward = _forward_fn(model)
+
+  @tf.function(reduce_retracing=True)
+  def step(images, size_px):
+    maps = tf.cast(forward(images), tf.float32)
+    landmarks, _, confidence = heatmap.decode_landmarks(maps, size_px, decode_method,
+                                                        blur_sigma_cells)
+    return landmarks, confidence, maps
+
+  parts = {k: [] for k in ("pred_px", "gt_px", "size_px", "confidence", "filename", "heatmaps")}
+  model_s = 0.0
+  n_batches = 0
+  start = time.perf_counter()
+  with tqdm(total=total, unit="img", desc="predict", disable=not progress,
+            dynamic_ncols=True) as bar:
+    for batch in dataset:
+      t0 = time.perf_counter()
+      landmarks, confidence, maps = step(batch["image"], batch["size_px"])
+      landmarks = landmarks.numpy()
+      model_s += time.perf_counter() - t0
+      parts["pred_px"].append(landmarks)
+      parts["confidence"].append(confidence.numpy())
+      parts["gt_px"].append(np.asarray(batch["landmarks"], np.float32))
+      parts["size_px"].append(np.asarray(batch["size_px"], np.float32))
+      parts["filename"].extend(_to_str(np.asarray(batch["filename"]).tolist()))
+      if keep_heatmaps:
+        parts["heatmaps"].append(maps.numpy())
+      n_batches += 1
+      bar.update(len(landmarks))
+  if timing is not None:
+    timing.update(model_s=model_s, total_s=time.perf_counter() - start, n_batches=n_batches)
+  return _collect(parts, keep_heatmaps)
+
+
+def _collect(parts, keep_heatmaps):
+  """Concatenates per-batch lists into the `predict_on_dataset` dict (empty arrays if none)."""
+  empty = {"pred_px": (0, 3, 2), "gt_px": (0, 3, 2), "size_px": (0, 2), "confidence": (0, 3)}
+  out = {}
+  for key, shape in empty.items():
+    out[key] = (np.concatenate(parts[key]).astype(np.float32) if parts[key]
+                else np.zeros(shape, np.float32))
+  out["filename"] = np.array(parts["filename"], dtype=object)
+  if keep_heatmaps:
+    out["heatmaps"] = (np.concatenate(parts["heatmaps"]).astype(np.float32) if parts["heatmaps"]
+                       else np.zeros((0, 0, 0, 3), np.float32))
+  return out
+
+
+def predict_with_serving(serve_fn, examples, progress=False, total=None, timing=None,
+                         keep_heatmaps=False):
+  """Runs an exported `serve_images` signature over original images, one size at a time.
+
+  This evaluates exactly what was exported (its resize, its decoder and settings).
+
+  Args:
+    serve_fn: callable `serve_fn(images=uint8 [B,H,W,C]) -> dict` with `landmarks` [B,3,2]
+      original pixels, `confidence` [B,3] and optionally `heatmaps`.
+    examples: iterable of example dicts with `image` uint8, `landmarks` original pixels and
+      `filename`: either unbatched (`data.load_split`: [H,W,C], [3,2], scalar) or batches of
+      equal-size images ([B,H,W,C], [B,3,2], [B]).
+    progress, total, timing, keep_heatmaps: as in `predict_on_dataset`.
+
+  Returns:
+    The `predict_on_dataset` dict.
+  """
+  parts = {k: [] for k in ("pred_px", "gt_px", "size_px", "confidence", "filename", "heatmaps")}
+  model_s = 0.0
+  n_batches = 0
+  start = time.perf_counter()
+  with tqdm(total=total, unit="img", desc="predict", disable=not progress,
+            dynamic_ncols=True) as bar:
+    for batch in examples:
+      images = tf.convert_to_tensor(batch["image"])
+      if images.shape.rank == 3:
+        images = images[None]
+        batch = {k: np.asarray(v)[None] for k, v in batch.items()}
+      if images.dtype != tf.uint8:
+        images = tf.cast(tf.clip_by_value(tf.round(tf.cast(images, tf.float32)), 0, 255),
+                         tf.uint8)
+      t0 = time.perf_counter()
+      out = serve_fn(images=images)
+      landmarks = np.asarray(out["landmarks"], np.float32)
+      model_s += time.perf_counter() - t0
+      height, width = int(images.shape[1]), int(images.shape[2])
+      parts["pred_px"].append(landmarks)
+      parts["confidence"].append(np.asarray(out["confidence"], np.float32))
+      parts["gt_px"].append(np.asarray(batch["landmarks"], np.float32))
+      parts["size_px"].append(np.tile(np.array([[width, height]], np.float32),
+                                      (len(landmarks), 1)))
+      parts["filename"].extend(_to_str(np.asarray(batch["filename"]).tolist()))
+      if keep_heatmaps:
+        if "heatmaps" not in out:
+          raise KeyError("The serving signature returns no 'heatmaps'; run without heatmap "
+                         "panels (--overlays 0) or re-export with heatmaps.")
+        parts["heatmaps"].append(np.asarray(out["heatmaps"], np.float32))
+      n_batches += 1
+      bar.update(len(landmarks))
+  if timing is not None:
+    timing.update(model_s=model_s, total_s=time.perf_counter() - start, n_batches=n_batches)
+  return _collect(parts, keep_heatmaps)
+
+
+def per_image_errors(pred_px, gt_px, size_px):
+  """Per-image, per-landmark errors and the AoP error.
+
+  Args:
+    pred_px: [N,3,2] predicted `(x, y)`, original pixels.
+    gt_px: [N,3,2] ground truth, original pixels.
+    size_px: [N,2] or [2] `(width, height)` of each original image.
+
+  Returns:
+    dict of numpy arrays:
+      `radial_px` float32 [N,3] Euclidean error, original pixels;
+      `radial_512` [N,3] the same after scaling x by 512/width and y by 512/height;
+      `abs_px` [N,3,2] and `abs_512` [N,3,2] absolute `(dx, dy)`;
+      `aop_pred_deg`, `aop_gt_deg` [N] (NaN where undefined);
+      `aop_error_deg` [N] `|pred - gt|`, NaN where either AoP is undefined;
+      `degenerate` bool [N]: predicted AoP undefined (PS1 coincides with PS2 or FH1);
+      `gt_degenerate` bool [N]: ground-truth AoP undefined (a labelling problem).
+  """
+  pred = np.asarray(pred_px, np.float32)
+  gt = np.asarray(gt_px, np.float32)
+  if pred.shape != gt.shape or pred.shape[-2:] != (3, 2):
+    raise ValueError(f"pred_px {pred.shape} and gt_px {gt.shape} must both be [N, 3, 2].")
+  size = np.broadcast_to(np.asarray(size_px, np.float32), pred.shape[:-2] + (2,))
+  abs_px = np.abs(pred - gt)
+  scale = geometry.to_512_scale(size).numpy()[..., None, :]  # [N, 1, 2]
+  abs_512 = abs_px * scale
+  aop_pred = geometry.aop_deg(pred).numpy() if len(pred) else np.zeros((0,), np.float32)
+  aop_gt = geometry.aop_deg(gt).numpy() if len(gt) else np.zeros((0,), np.float32)
+  return {
+      "radial_px": np.sqrt(np.sum(np.square(abs_px), axis=-1)),
+      "radial_512": np.sqrt(np.sum(np.square(abs_512), axis=-1)),
+      "abs_px": abs_px,
+      "abs_512": abs_512.astype(np.float32),
+      "aop_pred_deg": aop_pred,
+      "aop_gt_deg": aop_gt,
+      "aop_error_deg": np.abs(aop_pred - aop_gt),
+      "degenerate": np.isnan(aop_pred),
+      "gt_degenerate": np.isnan(aop_gt),
+  }
+
+
+def _num(x):
+  """Python float for JSON; None for NaN/inf (JSON has no NaN)."""
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def _stats(values):
+  values = np.asarray(values, np.float64)
+  if values.size == 0:
+    return {"mean": None, "median": None, "sd": None, "p90": None}
+  return {"mean": _num(np.mean(values)), "median": _num(np.median(values)),
+          "sd": _num(np.std(values)), "p90": _num(np.percentile(values, 90))}
+
+
+def _per_landmark(values):
+  """values [N,3] -> {"PS1", "PS2", "FH1": mean over images, "mean": over all, "sd": over all}."""
+  values = np.asarray(values, np.float64)
+  out = {}
+  for k, name in enumerate(LANDMARK_NAMES):
+    out[name] = _num(np.mean(values[:, k])) if len(values) else None
+  out["mean"] = _num(np.mean(values)) if values.size else None
+  out["sd"] = _num(np.std(values)) if values.size else None
+  return out
+
+
+def _per_landmark_abs(abs_values):
+  """abs [N,3,2] -> per landmark mean of |dx|,|dy| together, overall mean, and per axis."""
+  abs_values = np.asarray(abs_values, np.float64)
+  out = _per_landmark(np.mean(abs_values, axis=-1) if abs_values.size
+                      else np.zeros((0, 3)))
+  out["x"] = _num(np.mean(abs_values[..., 0])) if abs_values.size else None
+  out["y"] = _num(np.mean(abs_values[..., 1])) if abs_values.size else None
+  return out
+
+
+def report(errors):
+  """Summarises `per_image_errors` into a JSON-able dict.
+
+  Keys: `n_images`; `mre_px`, `mre_512` (mean radial error per landmark `PS1`, `PS2`, `FH1`, over
+  all `mean` and its `sd`); `mae_px`, `mae_512` (mean absolute coordinate error, the same keys plus
+  per axis `x`, `y`); `sdr_512` (share of landmarks within 2, 4, 8 px of 512 space, keys "2", "4",
+  "8"); `aop_error_deg` (`mean`, `median`, `sd`, `p90`, `n`); `aop_agreement_120` (share of images
+  whose predicted AoP is on the same side of 120 deg as the ground truth, `>= 120` counting as
+  above); `n_degenerate` (predicted AoP undefined; those images are left out of the AoP statistics,
+  not of the landmark errors); `n_gt_degenerate` (ground-truth AoP undefined, also left out).
+  Undefined values (no images) are None.
+  """
+  radial_px = np.asarray(errors["radial_px"])
+  n = int(radial_px.shape[0])
+  degenerate = np.asarray(errors["degenerate"], bool)
+  gt_degenerate = np.asarray(errors.get("gt_degenerate", np.zeros(n, bool)), bool)
+  valid = ~degenerate & ~gt_degenerate
+  aop_pred = np.asarray(errors["aop_pred_deg"], np.float64)[valid]
+  aop_gt = np.asarray(errors["aop_gt_deg"], np.float64)[valid]
+  aop_error = np.asarray(errors["aop_error_deg"], np.float64)[valid]
+  radial_512 = np.asarray(errors["radial_512"], np.float64)
+
+  aop_stats = _stats(aop_error)
+  aop_stats["n"] = int(valid.sum())
+  agree = (aop_pred >= AOP_THRESHOLD_DEG) == (aop_gt >= AOP_THRESHOLD_DEG)
+  sdr = {f"{r:g}": (_num(np.mean(radial_512 <= r)) if radial_512.size else None)
+         for r in SDR_RADII_512}
+  return {
+      "n_images": n,
+      "mre_px": _per_landmark(radial_px),
+      "mre_512": _per_landmark(radial_512),
+      "mae_px": _per_landmark_abs(errors["abs_px"]),
+      "mae_512": _per_landmark_abs(errors["abs_512"]),
+      "sdr_512": sdr,
+      "aop_error_deg": aop_stats,
+      "aop_agreement_120": _num(np.mean(agree)) if agree.size else None,
+      "n_degenerate": int(degenerate.sum()),
+      "n_gt_degenerate": int(gt_degenerate.sum()),
+  }
+
+
+def summary_table(summary):
+  """A few lines of text with the headline numbers of a `report` dict."""
+  def fmt(x, spec=".2f"):
+    return "n/a" if x is None else format(x, spec)
+  lines = [f"images: {summary['n_images']}   degenerate predictions: {summary['n_degenerate']}",
+           f"{'':10s}" + "".join(f"{name:>9s}" for name in LANDMARK_NAMES + ("mean",))]
+  for key in ("mre_px", "mre_512", "mae_px", "mae_512"):
+    row = summary[key]
+    lines.append(f"{key:10s}" + "".join(f"{fmt(row[name]):>9s}"
+                                        for name in LANDMARK_NAMES + ("mean",)))
+  sdr = summary.get("sdr_512", {})
+  if sdr:
+    lines.append("SDR 512: " + "  ".join(f"<={k}px {fmt(v, '.1%')}" for k, v in sdr.items()))
+  aop = summary["aop_error_deg"]
+  lines.append(f"AoP error deg: mean {fmt(aop['mean'])}  median {fmt(aop['median'])}  "
+               f"sd {fmt(aop['sd'])}  p90 {fmt(aop['p90'])}   "
+               f"agreement at 120: {fmt(summary['aop_agreement_120'], '.1%')}")
+  return "\n".join(lines)
