@@ -1,0 +1,240 @@
+"""Landmark-aware data augmentation: a random affine warp and intensity changes.
+
+Everything works in the pixel space of the model input (`S x S` after `data.preprocess_image`),
+`(x, y)` = (column, row), pixel centres at integers (the convention of
+`tf.raw_ops.ImageProjectiveTransformV3`, checked in tests/test_augment.py). The landmarks move with
+the exact matrix that warps the image. All randomness is stateless and comes from an explicit seed
+(`example_seed(seed, epoch, index)`), so a pipeline is a pure function of its seed. Augmentation is
+off in the paper configuration (`PipelineConfig.augment=None`).
+
+Matrices are float32 [3, 3] homogeneous maps of `(x, y, 1)` column vectors. A *forward* matrix takes
+input-image points to output-image points (that is how landmarks move); `warp` takes the inverse,
+output -> input, which is what the sampling op needs.
+"""
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+# Tags that keep the random streams of one example independent of each other.
+_AFFINE, _INTENSITY = 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Augmentation knobs; the defaults are mild and anatomy-preserving (no flips: PS1/PS2 are ordered).
+
+  Args:
+    affine_prob: probability of warping an example (else the identity is used).
+    rotation_deg: rotation about the image centre, uniform in [-rotation_deg, rotation_deg].
+    scale_range: `(min, max)` isotropic zoom, log-uniform (> 1 enlarges the anatomy).
+    translate_frac: shift per axis, uniform in [-t, t] times the image side.
+    keep_landmarks_inside: redraw (up to `max_tries` times, then use the identity) when a landmark
+      would leave the image.
+    max_tries: candidate warps drawn per example when `keep_landmarks_inside`.
+    intensity_prob: probability of the intensity changes below (drawn once per example).
+    brightness: additive shift, uniform in [-b, b] times 255.
+    contrast: factor about the image mean, uniform in [1 - c, 1 + c].
+    gamma_range: `(min, max)` gamma on [0, 1]-scaled intensities, log-uniform.
+    noise_std: standard deviation of additive Gaussian noise, grey levels (0..255 scale).
+    fill_value: grey level outside the warped image (ultrasound background is black).
+  """
+  affine_prob: float = 0.8
+  rotation_deg: float = 10.0
+  scale_range: tuple = (0.9, 1.1)
+  translate_frac: float = 0.05
+  keep_landmarks_inside: bool = True
+  max_tries: int = 4
+  intensity_prob: float = 0.8
+  brightness: float = 0.1
+  contrast: float = 0.2
+  gamma_range: tuple = (0.8, 1.25)
+  noise_std: float = 3.0
+  fill_value: float = 0.0
+
+  def __post_init__(self):
+    # Accept lists (from JSON) for the tuple fields.
+    object.__setattr__(self, "scale_range", tuple(float(v) for v in self.scale_range))
+    object.__setattr__(self, "gamma_range", tuple(float(v) for v in self.gamma_range))
+    for name in ("affine_prob", "intensity_prob"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"AugmentConfig.{name} = {getattr(self, name)} must be in [0, 1].")
+    for name in ("scale_range", "gamma_range"):
+      low, high = getattr(self, name)
+      if not 0.0 < low <= high:
+        raise ValueError(f"AugmentConfig.{name} = {(low, high)} needs 0 < min <= max.")
+    if self.max_tries < 1:
+      raise ValueError(f"AugmentConfig.max_tries = {self.max_tries} must be >= 1.")
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d):
+    """Inverse of `to_dict`; unknown keys are an error (they would be silently ignored otherwise)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"Unknown AugmentConfig keys {unknown}; expected some of {sorted(known)}.")
+    return cls(**d)
+
+
+def example_seed(seed, epoch, index):
+  """Stateless seed [2] int64 of one example in one epoch: a pure function of its arguments."""
+  s = tf.stack([tf.cast(seed, tf.int64), tf.constant(0x5EED, tf.int64)])
+  s = tf.random.experimental.stateless_fold_in(s, tf.cast(epoch, tf.int64))
+  return tf.random.experimental.stateless_fold_in(s, tf.cast(index, tf.int64))
+
+
+def _sub_seed(seed, tag):
+  return tf.random.experimental.stateless_fold_in(seed, tf.constant(tag, tf.int64))
+
+
+def affine_matrix(rotation_deg, scale, translate_px, center_px):
+  """Forward matrix [3, 3]: `q = scale * R(rotation) (p - center) + center + translate`.
+
+  Args:
+    rotation_deg: scalar, degrees, counter-clockwise as seen on screen (y points down).
+    scale: scalar isotropic zoom.
+    translate_px: [2] `(dx, dy)`, pixels.
+    center_px: [2] `(x, y)` rotation/zoom centre, pixels (the image centre is `(S - 1) / 2`).
+  """
+  theta = -tf.cast(rotation_deg, tf.float32) * (math.pi / 180.0)
+  scale = tf.cast(scale, tf.float32)
+  c = tf.cast(tf.convert_to_tensor(center_px), tf.float32)
+  t = tf.cast(tf.convert_to_tensor(translate_px), tf.float32)
+  cos, sin = scale * tf.cos(theta), scale * tf.sin(theta)
+  tx = c[0] - cos * c[0] + sin * c[1] + t[0]
+  ty = c[1] - sin * c[0] - cos * c[1] + t[1]
+  zero, one = tf.zeros([]), tf.ones([])
+  return tf.stack([tf.stack([cos, -sin, tx]), tf.stack([sin, cos, ty]),
+                   tf.stack([zero, zero, one])])
+
+
+def scale_matrix(from_size, to_size):
+  """Forward matrix [3, 3] of `geometry.rescale_points` between grids `(width, height)`."""
+  f = tf.cast(tf.convert_to_tensor(from_size), tf.float32)
+  t = tf.cast(tf.convert_to_tensor(to_size), tf.float32)
+  k = t / f
+  zero, one = tf.zeros([]), tf.ones([])
+  return tf.stack([tf.stack([k[0], zero, 0.5 * k[0] - 0.5]),
+                   tf.stack([zero, k[1], 0.5 * k[1] - 0.5]),
+                   tf.stack([zero, zero, one])])
+
+
+def transform_points(points, matrix):
+  """Applies a [3, 3] affine `matrix` to points [..., 2] `(x, y)`; returns float32 [..., 2]."""
+  points = tf.cast(tf.convert_to_tensor(points), tf.float32)
+  m = tf.cast(matrix, tf.float32)
+  return tf.linalg.matvec(m[:2, :2], points) + m[:2, 2]
+
+
+def warp(image, output_to_input, output_size, interpolation="bilinear", fill_value=0.0):
+  """Resamples an image through an affine map with `ImageProjectiveTransformV3`.
+
+  Args:
+    image: [H, W, C] (float32, or an integer type with "nearest").
+    output_to_input: [3, 3] matrix taking output pixel coordinates to input pixel coordinates
+      (pixel centres at integers), i.e. the inverse of the forward warp.
+    output_size: `(width, height)` python ints of the output.
+    interpolation: "bilinear" (images) or "nearest" (label masks).
+    fill_value: value outside the input.
+
+  Returns:
+    [height, width, C], the dtype of `image`.
+  """
+  m = tf.cast(output_to_input, tf.float32)
+  m = m / m[2, 2]
+  transforms = tf.reshape(m, [9])[:8][None, :]
+  width, height = int(output_size[0]), int(output_size[1])
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None], transforms=transforms, output_shape=tf.constant([height, width]),
+      fill_value=tf.cast(fill_value, tf.float32), interpolation=interpolation.upper(),
+      fill_mode="CONSTANT")[0]
+  out.set_shape([height, width, image.shape[-1]])
+  return out
+
+
+def _inside(points, size_px):
+  size = tf.cast(size_px, tf.float32)
+  return tf.reduce_all(tf.logical_and(points >= 0.0, points <= size - 1.0))
+
+
+def random_affine(seed, config, size_px, landmarks_px=None):
+  """Draws a forward matrix [3, 3] for an image of `size_px` `(width, height)` python ints.
+
+  With `config.keep_landmarks_inside` and `landmarks_px` [K, 2], the first of `config.max_tries`
+  draws that keeps every landmark inside the image is used, the identity if none does.
+  """
+  width, height = float(size_px[0]), float(size_px[1])
+  center = tf.constant([(width - 1.0) / 2.0, (height - 1.0) / 2.0])
+  log_lo, log_hi = math.log(config.scale_range[0]), math.log(config.scale_range[1])
+  candidates, valid = [], []
+  for attempt in range(config.max_tries):
+    s = tf.random.experimental.stateless_fold_in(_sub_seed(seed, _AFFINE), attempt)
+    u = tf.random.stateless_uniform([5], seed=s)
+    rotation = (2.0 * u[0] - 1.0) * config.rotation_deg
+    scale = tf.exp(log_lo + u[1] * (log_hi - log_lo))
+    shift = (2.0 * u[2:4] - 1.0) * config.translate_frac * tf.constant([width, height])
+    m = affine_matrix(rotation, scale, shift, center)
+    apply = u[4] < config.affine_prob
+    m = tf.where(apply, m, tf.eye(3))
+    candidates.append(m)
+    if config.keep_landmarks_inside and landmarks_px is not None:
+      valid.append(_inside(transform_points(landmarks_px, m), (width, height)))
+    else:
+      valid.append(tf.constant(True))
+    if not config.keep_landmarks_inside or landmarks_px is None:
+      break
+  valid = tf.stack(valid)
+  # First valid candidate, else the identity (appended last, always valid).
+  candidates = tf.stack(candidates + [tf.eye(3)])
+  choice = tf.argmax(tf.cast(tf.concat([valid, [True]], 0), tf.int32), output_type=tf.int32)
+  return candidates[choice]
+
+
+def random_intensity(image, seed, config):
+  """Gamma, contrast, brightness and Gaussian noise on a float image [H, W, C] in 0..255.
+
+  Returns float32 [H, W, C] clipped to 0..255. With probability `1 - config.intensity_prob` the
+  image is returned unchanged.
+  """
+  image = tf.cast(image, tf.float32)
+  s = _sub_seed(seed, _INTENSITY)
+  u = tf.random.stateless_uniform([4], seed=s)
+  g_lo, g_hi = math.log(config.gamma_range[0]), math.log(config.gamma_range[1])
+  gamma = tf.exp(g_lo + u[0] * (g_hi - g_lo))
+  contrast = 1.0 + (2.0 * u[1] - 1.0) * config.contrast
+  brightness = (2.0 * u[2] - 1.0) * config.brightness * 255.0
+  out = 255.0 * tf.pow(tf.clip_by_value(image / 255.0, 0.0, 1.0), gamma)
+  mean = tf.reduce_mean(out)
+  out = (out - mean) * contrast + mean + brightness
+  if config.noise_std > 0:
+    noise = tf.random.stateless_normal(tf.shape(out), seed=tf.random.experimental.stateless_fold_in(
+        s, 1))
+    out = out + config.noise_std * noise
+  out = tf.clip_by_value(out, 0.0, 255.0)
+  return tf.where(u[3] < config.intensity_prob, out, image)
+
+
+def augment(image, landmarks_px, seed, config):
+  """Augments one example in model-input pixel space.
+
+  Args:
+    image: float32 [S, S, C] (any H, W) in 0..255, e.g. from `data.preprocess_image`.
+    landmarks_px: [K, 2] `(x, y)` in the pixels of `image`.
+    seed: [2] stateless seed, e.g. `example_seed(seed, epoch, index)`.
+    config: `AugmentConfig`.
+
+  Returns:
+    image: float32 [S, S, C] in 0..255.
+    landmarks_px: float32 [K, 2], moved with the same matrix as the image.
+    forward: float32 [3, 3] input -> output matrix (to warp masks the same way).
+  """
+  height, width = int(image.shape[0]), int(image.shape[1])
+  forward = random_affine(seed, config, (width, height), landmarks_px)
+  image = warp(tf.cast(image, tf.float32), tf.linalg.inv(forward), (width, height), "bilinear",
+               config.fill_value)
+  image = random_intensity(image, seed, config)
+  return image, transform_points(landmarks_px, forward), forward

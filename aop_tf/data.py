@@ -1,0 +1,370 @@
+"""The input pipeline: TFDS datasets on disk -> batches of model inputs and heatmap targets.
+
+Datasets are written by `python -m data_prep.build` (schema in ARCHITECTURE.md) and read here with
+`tfds.builder_from_directory`, which needs no builder code. An example flows through these steps:
+
+  decode (TFDS) -> resize to the model input (`preprocess_image`, cached) -> [shuffle] ->
+  [augment in input pixels] -> channels -> landmarks to heatmap cells -> Gaussian targets -> batch
+
+Coordinates follow `aop_tf.geometry`: `(x, y)`, pixel centres at integers, sizes `(width, height)`.
+The resize covers the whole field of view, so landmarks map from the original size straight to
+heatmap cells with `geometry.pixel_to_cell`.
+
+Training datasets are keyed by epoch: `make_dataset(..., training=True, start_epoch=k)` yields
+epochs k, k+1, ... back to back, each `num_examples // batch_size` full batches, and the order and
+augmentation of epoch e depend only on `(config.seed, e)`, so a resumed run sees exactly the
+batches the uninterrupted one would have.
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Optional, Union
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from aop_tf import geometry, heatmap
+from aop_tf.augment import AugmentConfig
+from aop_tf import augment as augment_lib
+
+INFO_FILE = "dataset_info.json"
+_NUM_EPOCHS = 2 ** 62  # "forever" for the epoch-keyed training stream
+_SHUFFLE_TAG = 0x5AFF1E
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """How examples become model inputs and targets.
+
+  Args:
+    input_size: side S of the square model input, pixels.
+    input_channels: 1 (gray) or 3 (RGB, gray replicated); the model's input channels.
+    heatmap_size: side R of the target heatmaps, cells.
+    sigma_cells: Gaussian target standard deviation, cells.
+    batch_size: examples per batch.
+    augment: `AugmentConfig`, or None for no augmentation (the paper).
+    with_mask: also yield `mask` (int32 [B, R, R], nearest) and `has_mask`.
+    cache: True caches decoded, resized images in memory (before augmentation); a string caches
+      to that file prefix; False re-decodes every epoch.
+    shuffle_buffer: 0 shuffles the whole split each epoch (a uniform permutation); n > 0 shuffles
+      within consecutive blocks of n examples (less memory, weaker mixing).
+    seed: seed of the shuffle order and the augmentation.
+  """
+  input_size: int = 256
+  input_channels: int = 1
+  heatmap_size: int = 64
+  sigma_cells: float = 2.0
+  batch_size: int = 8
+  augment: Optional[AugmentConfig] = None
+  with_mask: bool = False
+  cache: Union[bool, str] = True
+  shuffle_buffer: int = 0
+  seed: int = 0
+
+  def __post_init__(self):
+    if isinstance(self.augment, dict):
+      object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
+    if self.input_channels not in (1, 3):
+      raise ValueError(f"PipelineConfig.input_channels = {self.input_channels}; use 1 or 3.")
+    for name in ("input_size", "heatmap_size", "batch_size"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"PipelineConfig.{name} = {getattr(self, name)} must be positive.")
+    if self.sigma_cells <= 0:
+      raise ValueError(f"PipelineConfig.sigma_cells = {self.sigma_cells} must be positive.")
+    if self.shuffle_buffer < 0:
+      raise ValueError(f"PipelineConfig.shuffle_buffer = {self.shuffle_buffer} must be >= 0.")
+
+  def to_dict(self):
+    """JSON-able dict (for config.json); `augment` becomes a dict or None."""
+    d = dataclasses.asdict(self)
+    d["augment"] = self.augment.to_dict() if self.augment is not None else None
+    return d
+
+  @classmethod
+  def from_dict(cls, d):
+    """Inverse of `to_dict`; unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"Unknown PipelineConfig keys {unknown}; expected some of {sorted(known)}.")
+    return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading datasets.
+
+
+def find_dataset_dir(path):
+  """The TFDS dataset folder (holding `dataset_info.json`) at or below `path`.
+
+  Accepts the versioned folder itself (`<out>/<name>/<version>`) or any parent with exactly one
+  dataset below it.
+  """
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"Dataset folder {path} does not exist; build one with "
+                            "`python -m data_prep.build` and pass its output folder.")
+  if os.path.exists(os.path.join(path, INFO_FILE)):
+    return path
+  found = []
+  for root, dirs, files in os.walk(path):
+    # TFDS writes into `incomplete.*` folders and renames them when done; skip those.
+    dirs[:] = sorted(d for d in dirs if not d.startswith("incomplete") and not d.startswith("."))
+    if INFO_FILE in files:
+      found.append(root)
+      dirs[:] = []
+  if not found:
+    raise FileNotFoundError(f"No {INFO_FILE} at or below {path}: it is not a built dataset. Build "
+                            "one with `python -m data_prep.build` and pass its output folder.")
+  if len(found) > 1:
+    raise ValueError(f"{path} holds {len(found)} datasets ({', '.join(found)}); pass one of them.")
+  return found[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _builder(dataset_dir):
+  return tfds.builder_from_directory(dataset_dir)
+
+
+def builder(data_dir):
+  """The read-only TFDS builder of the dataset at or below `data_dir`."""
+  return _builder(os.path.abspath(find_dataset_dir(data_dir)))
+
+
+def _check_split(b, split, data_dir):
+  if split not in b.info.splits:
+    raise ValueError(f"Dataset {data_dir} has no split {split!r}; it has "
+                     f"{sorted(b.info.splits.keys())}.")
+
+
+def num_examples(data_dir, split):
+  """Number of examples in `split` of the dataset at or below `data_dir`."""
+  b = builder(data_dir)
+  _check_split(b, split, data_dir)
+  return int(b.info.splits[split].num_examples)
+
+
+def load_split(data_dir, split, read_config=None):
+  """Unbatched example dicts of `split`, decoded, in file order (see ARCHITECTURE.md's table).
+
+  Args:
+    data_dir: dataset folder or a parent of exactly one (see `find_dataset_dir`).
+    split: "train", "val" or "test".
+    read_config: optional `tfds.ReadConfig`.
+
+  Returns:
+    tf.data.Dataset of dicts: `image` uint8 [H, W, 1], `mask` uint8 [H, W, 1], `has_mask`,
+    `filename`, `height`, `width`, `landmarks` float32 [3, 2] original pixels, `aop_deg`.
+  """
+  b = builder(data_dir)
+  _check_split(b, split, data_dir)
+  return b.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images.
+
+
+def resize_image(image, input_size):
+  """Resizes [..., H, W, C] to float32 [..., S, S, C] (bilinear, half-pixel centres, antialias)."""
+  return tf.image.resize(tf.cast(image, tf.float32), [input_size, input_size], method="bilinear",
+                         antialias=True)
+
+
+# ITU-R BT.601 luma weights (they sum to 1, so gray replicated to RGB converts back exactly).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def convert_channels(image, input_channels):
+  """Converts float [..., C] with C in {1, 2 (gray+alpha), 3, 4 (RGBA)} to `input_channels` (1 or 3).
+
+  Gray is replicated to RGB; RGB becomes BT.601 luma; alpha is dropped. Branch-free plain TF ops, so
+  it works when C is only known at run time (e.g. `tf.io.decode_image` in a serving graph).
+  """
+  if input_channels not in (1, 3):
+    raise ValueError(f"input_channels = {input_channels}; use 1 or 3.")
+  image = tf.cast(image, tf.float32)
+  channels = image.shape[-1]
+  if channels is not None:  # Static: the exact, cheapest conversion.
+    if channels not in (1, 2, 3, 4):
+      raise ValueError(f"Images need 1, 2, 3 or 4 channels, got shape {image.shape}.")
+    if channels in (1, 2):
+      gray = image[..., :1]
+      return gray if input_channels == 1 else tf.concat([gray] * 3, axis=-1)
+    rgb = image[..., :3]
+    if input_channels == 3:
+      return rgb
+    return tf.reduce_sum(rgb * tf.constant(_LUMA), axis=-1, keepdims=True)
+  c = tf.shape(image)[-1]
+  is_gray = c < 3
+  index = tf.where(is_gray, tf.zeros([3], tf.int32), tf.range(3))
+  rgb = tf.gather(image, index, axis=-1)
+  if input_channels == 3:
+    return rgb
+  luma = tf.reduce_sum(rgb * tf.constant(_LUMA), axis=-1, keepdims=True)
+  return tf.where(is_gray, rgb[..., :1], luma)
+
+
+def preprocess_image(image, input_size, input_channels):
+  """The one image preprocessing of training, evaluation, export and predict.
+
+  Args:
+    image: uint8 (or float in 0..255) [H, W, C] or [B, H, W, C], C in 1..4.
+    input_size: side S of the model input, pixels.
+    input_channels: 1 or 3.
+
+  Returns:
+    float32 [S, S, input_channels] (or [B, ...]) in 0..255; resize first (bilinear, half-pixel
+    centres, antialias), then `convert_channels`.
+  """
+  return convert_channels(resize_image(image, input_size), input_channels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets of model inputs and targets.
+
+
+def _prepare_fn(config):
+  """Decoded example -> cacheable dict at input resolution (before augmentation)."""
+  size = config.input_size
+
+  def prepare(index, ex):
+    size_px = tf.cast(tf.stack([ex["width"], ex["height"]]), tf.float32)
+    out = {
+        "index": index,
+        "image": resize_image(ex["image"], size),  # source channels; converted after augmenting
+        "landmarks": tf.cast(ex["landmarks"], tf.float32),
+        "size_px": size_px,
+        "filename": ex["filename"],
+    }
+    if config.with_mask:
+      # Nearest, at input resolution, so augmentation can warp it with the image's matrix.
+      to_orig = augment_lib.scale_matrix((size, size), size_px)
+      out["mask"] = augment_lib.warp(ex["mask"], to_orig, (size, size), "nearest")
+      out["has_mask"] = tf.cast(ex["has_mask"], tf.bool)
+    return out
+
+  return prepare
+
+
+def _finish_fn(config, training):
+  """Cached dict (+ epoch) -> model inputs and targets for one example."""
+  size, cells = config.input_size, config.heatmap_size
+  aug = config.augment if training else None
+
+  def finish(ex, epoch):
+    image, landmarks, size_px = ex["image"], ex["landmarks"], ex["size_px"]
+    forward = tf.eye(3)
+    if aug is not None:
+      seed = augment_lib.example_seed(config.seed, epoch, ex["index"])
+      in_px = geometry.rescale_points(landmarks, size_px, (size, size))
+      image, in_px, forward = augment_lib.augment(image, in_px, seed, aug)
+      landmarks = geometry.rescale_points(in_px, (size, size), size_px)
+    landmarks_cells = geometry.pixel_to_cell(landmarks, size_px, (cells, cells))
+    out = {
+        "image": convert_channels(image, config.input_channels),
+        "heatmaps": heatmap.gaussian_heatmaps(landmarks_cells, (cells, cells), config.sigma_cells),
+        "landmarks_cells": landmarks_cells,
+        "landmarks": landmarks,
+        "size_px": size_px,
+        "filename": ex["filename"],
+    }
+    if config.with_mask:
+      # Output cell -> input pixel -> (undo the augmentation) -> cached mask pixel, nearest.
+      cell_to_input = augment_lib.scale_matrix((cells, cells), (size, size))
+      to_mask = tf.linalg.inv(forward) @ cell_to_input
+      mask = augment_lib.warp(ex["mask"], to_mask, (cells, cells), "nearest")
+      out["mask"] = tf.cast(mask[..., 0], tf.int32)
+      out["has_mask"] = ex["has_mask"]
+    return out
+
+  return finish
+
+
+def _permute(batch, seed):
+  n = tf.shape(batch["index"])[0]
+  order = tf.argsort(tf.random.stateless_uniform([n], seed=seed))
+  return {k: tf.gather(v, order) for k, v in batch.items()}
+
+
+def _shuffled_epoch(prepared, config, epoch, n):
+  """`prepared` in the order of epoch `epoch`: a stateless function of (seed, epoch)."""
+  block = config.shuffle_buffer or max(n, 1)
+  epoch_seed = tf.random.experimental.stateless_fold_in(
+      tf.stack([tf.cast(config.seed, tf.int64), tf.constant(_SHUFFLE_TAG, tf.int64)]), epoch)
+  blocks = prepared.batch(block).enumerate().map(
+      lambda b, batch: _permute(batch, tf.random.experimental.stateless_fold_in(epoch_seed, b)))
+  return blocks.unbatch()
+
+
+def make_dataset(data_dir, split, config, training, start_epoch=0):
+  """Batched model inputs and targets of one split.
+
+  Args:
+    data_dir: dataset folder or a parent of exactly one (see `find_dataset_dir`).
+    split: "train", "val" or "test".
+    config: `PipelineConfig`.
+    training: True: epochs `start_epoch, start_epoch + 1, ...` forever, each shuffled and (if
+      configured) augmented as a pure function of `(config.seed, epoch)`, `num_examples //
+      batch_size` full batches per epoch (use that as Keras' `steps_per_epoch`). False: one pass in
+      file order, no augmentation, last batch possibly short.
+    start_epoch: first epoch (0-based) of the training stream, to resume exactly.
+
+  Returns:
+    tf.data.Dataset of dicts: `image` float32 [B, S, S, C] 0..255; `heatmaps` float32 [B, R, R, 3];
+    `landmarks_cells` float32 [B, 3, 2]; `landmarks` float32 [B, 3, 2] original pixels (after
+    augmentation, in the original frame); `size_px` float32 [B, 2] `(width, height)`; `filename`
+    string [B]; with `config.with_mask`: `mask` int32 [B, R, R] (0 bg, 1 PS, 2 FH), `has_mask` bool
+    [B].
+  """
+  n = num_examples(data_dir, split)
+  read_config = tfds.ReadConfig(try_autocache=not config.cache)
+  prepared = load_split(data_dir, split, read_config).enumerate().map(
+      _prepare_fn(config), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if config.cache:
+    prepared = prepared.cache("" if config.cache is True else str(config.cache))
+  finish = _finish_fn(config, training)
+
+  if not training:
+    ds = prepared.map(lambda ex: finish(ex, tf.constant(0, tf.int64)),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+  steps = n // config.batch_size
+  if steps < 1:
+    raise ValueError(f"Split {split!r} of {data_dir} has {n} examples, fewer than one batch of "
+                     f"{config.batch_size}; lower the batch size.")
+  keep = steps * config.batch_size
+
+  def one_epoch(epoch):
+    ds = _shuffled_epoch(prepared, config, epoch, n)
+    # Drop the remainder with a filter, not take(): the cache is only kept once read to the end.
+    ds = ds.enumerate().filter(lambda i, ex: i < keep)
+    return ds.map(lambda i, ex: (ex, epoch))
+
+  ds = tf.data.Dataset.range(start_epoch, _NUM_EPOCHS).flat_map(one_epoch)
+  ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  # Every epoch contributes whole batches, so batches never straddle two epochs.
+  return ds.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(data_dir, split, config):
+  """Batches per training epoch: `num_examples // batch_size`."""
+  return num_examples(data_dir, split) // config.batch_size
+
+
+def to_keras(batch, mask_sample_weight=False):
+  """Batch dict -> `(x, y)` for Keras: `x` images, `y` {"heatmaps", ["segmentation"]}.
+
+  With `mask_sample_weight` (and masks in the batch) returns `(x, y, sample_weight)` where the
+  segmentation weight is `has_mask`, so examples without a real mask do not train that head.
+  """
+  y = {"heatmaps": batch["heatmaps"]}
+  if "mask" in batch:
+    y["segmentation"] = batch["mask"]
+    if mask_sample_weight:
+      weights = {"heatmaps": tf.ones_like(batch["size_px"][:, 0]),
+                 "segmentation": tf.cast(batch["has_mask"], tf.float32)}
+      return batch["image"], y, weights
+  return batch["image"], y
