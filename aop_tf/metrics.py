@@ -64,7 +64,8 @@ def predict_on_dataset(model, dataset, decode_method="dark", blur_sigma_cells=0.
     progress: show a progress bar (counting images; `total` images if known).
     total: number of images, for the progress bar.
     timing: optional dict; receives `model_s` (seconds in forward + decode, synchronised),
-      `total_s` and `n_batches`.
+      `total_s`, `n_batches`, and per batch `batch_s` and `batch_n` (the first batch includes
+      tracing; `steady_ms_per_image` leaves it out).
 
   Returns:
     dict of numpy arrays: `pred_px` float32 [N,3,2], `gt_px` [N,3,2], `size_px` [N,2],
@@ -73,24 +74,30 @@ def predict_on_dataset(model, dataset, decode_method="dark", blur_sigma_cells=0.
   """
   forward = _forward_fn(model)
 
-  @tf.function(reduce_retracing=True)
-  def step(images, size_px):
+  def decode(images, size_px):
     maps = tf.cast(forward(images), tf.float32)
     landmarks, _, confidence = heatmap.decode_landmarks(maps, size_px, decode_method,
                                                         blur_sigma_cells)
     return landmarks, confidence, maps
 
+  step = None
+
   parts = {k: [] for k in ("pred_px", "gt_px", "size_px", "confidence", "filename", "heatmaps")}
-  model_s = 0.0
-  n_batches = 0
+  batch_s, batch_n = [], []
   start = time.perf_counter()
   with tqdm(total=total, unit="img", desc="predict", disable=not progress,
             dynamic_ncols=True) as bar:
     for batch in dataset:
+      if step is None:
+        # One trace for every batch size (the last batch is usually short).
+        image_spec = tf.TensorSpec([None] + list(batch["image"].shape[1:]), tf.float32)
+        step = tf.function(decode, input_signature=[image_spec, tf.TensorSpec([None, 2],
+                                                                              tf.float32)])
       t0 = time.perf_counter()
-      landmarks, confidence, maps = step(batch["image"], batch["size_px"])
+      landmarks, confidence, maps = step(tf.cast(batch["image"], tf.float32),
+                                         tf.cast(batch["size_px"], tf.float32))
       landmarks = landmarks.numpy()
-      model_s += time.perf_counter() - t0
+      batch_s.append(time.perf_counter() - t0)
       parts["pred_px"].append(landmarks)
       parts["confidence"].append(confidence.numpy())
       parts["gt_px"].append(np.asarray(batch["landmarks"], np.float32))
@@ -98,11 +105,25 @@ def predict_on_dataset(model, dataset, decode_method="dark", blur_sigma_cells=0.
       parts["filename"].extend(_to_str(np.asarray(batch["filename"]).tolist()))
       if keep_heatmaps:
         parts["heatmaps"].append(maps.numpy())
-      n_batches += 1
+      batch_n.append(len(landmarks))
       bar.update(len(landmarks))
   if timing is not None:
-    timing.update(model_s=model_s, total_s=time.perf_counter() - start, n_batches=n_batches)
+    _fill_timing(timing, batch_s, batch_n, time.perf_counter() - start)
   return _collect(parts, keep_heatmaps)
+
+
+def _fill_timing(timing, batch_s, batch_n, total_s):
+  timing.update(model_s=float(sum(batch_s)), total_s=float(total_s), n_batches=len(batch_s),
+                batch_s=list(batch_s), batch_n=list(batch_n))
+
+
+def steady_ms_per_image(timing):
+  """Model milliseconds per image without the first batch (tracing, warm-up), if there are more."""
+  batch_s, batch_n = timing.get("batch_s", []), timing.get("batch_n", [])
+  if len(batch_s) > 1:
+    batch_s, batch_n = batch_s[1:], batch_n[1:]
+  n = sum(batch_n)
+  return 1000.0 * sum(batch_s) / n if n else None
 
 
 def _collect(parts, keep_heatmaps):
@@ -137,8 +158,7 @@ def predict_with_serving(serve_fn, examples, progress=False, total=None, timing=
     The `predict_on_dataset` dict.
   """
   parts = {k: [] for k in ("pred_px", "gt_px", "size_px", "confidence", "filename", "heatmaps")}
-  model_s = 0.0
-  n_batches = 0
+  batch_s, batch_n = [], []
   start = time.perf_counter()
   with tqdm(total=total, unit="img", desc="predict", disable=not progress,
             dynamic_ncols=True) as bar:
@@ -153,7 +173,7 @@ def predict_with_serving(serve_fn, examples, progress=False, total=None, timing=
       t0 = time.perf_counter()
       out = serve_fn(images=images)
       landmarks = np.asarray(out["landmarks"], np.float32)
-      model_s += time.perf_counter() - t0
+      batch_s.append(time.perf_counter() - t0)
       height, width = int(images.shape[1]), int(images.shape[2])
       parts["pred_px"].append(landmarks)
       parts["confidence"].append(np.asarray(out["confidence"], np.float32))
@@ -166,10 +186,10 @@ def predict_with_serving(serve_fn, examples, progress=False, total=None, timing=
           raise KeyError("The serving signature returns no 'heatmaps'; run without heatmap "
                          "panels (--overlays 0) or re-export with heatmaps.")
         parts["heatmaps"].append(np.asarray(out["heatmaps"], np.float32))
-      n_batches += 1
+      batch_n.append(len(landmarks))
       bar.update(len(landmarks))
   if timing is not None:
-    timing.update(model_s=model_s, total_s=time.perf_counter() - start, n_batches=n_batches)
+    _fill_timing(timing, batch_s, batch_n, time.perf_counter() - start)
   return _collect(parts, keep_heatmaps)
 
 
