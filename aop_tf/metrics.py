@@ -91,8 +91,8 @@ def predict_on_dataset(model, dataset, decode_method="dark", blur_sigma_cells=0.
       if step is None:
         # One trace for every batch size (the last batch is usually short).
         image_spec = tf.TensorSpec([None] + list(batch["image"].shape[1:]), tf.float32)
-        step = tf.function(decode, input_signature=[image_spec, tf.TensorSpec([None, 2],
-                                                                              tf.float32)])
+        step = tf.function(decode, autograph=False, input_signature=[
+            image_spec, tf.TensorSpec([None, 2], tf.float32)])
       t0 = time.perf_counter()
       landmarks, confidence, maps = step(tf.cast(batch["image"], tf.float32),
                                          tf.cast(batch["size_px"], tf.float32))
