@@ -1,0 +1,203 @@
+"""Tests of the shared math: aop_tf/geometry.py (mappings, AoP) and aop_tf/heatmap.py (encode/decode).
+
+Hand-worked cases pin the conventions (pixel centres at integers, `(x, y)`, sizes `(width,
+height)`); hypothesis property tests check round trips and the invariances of the AoP.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aop_tf import geometry, heatmap
+
+FAST = settings(max_examples=40, deadline=None)
+
+
+# --- geometry: hand-worked ---------------------------------------------------------------------
+
+
+def test_rescale_points_hand_worked():
+  # Pixel centres at integers: the grid edge -0.5 maps to -0.5, the far edge S - 0.5 to T - 0.5.
+  np.testing.assert_allclose(geometry.rescale_points([[-0.5, -0.5], [255.5, 127.5]], (256, 128),
+                                                     (512, 64)), [[-0.5, -0.5], [511.5, 63.5]])
+  # Pixel 0 of 256 -> (0 + 0.5) * 64 / 256 - 0.5 = -0.375 cells; pixel 2 -> 0.125.
+  np.testing.assert_allclose(geometry.pixel_to_cell([[0.0, 2.0]], (256, 256), (64, 64)),
+                             [[-0.375, 0.125]])
+  # Non-square: x and y scale separately.
+  np.testing.assert_allclose(geometry.rescale_points([10.0, 10.0], (100, 50), (200, 200)),
+                             [20.5, 41.5])
+
+
+@pytest.mark.parametrize("cells,pixels", [(64, 256), (64, 512), (48, 256), (128, 100)])
+def test_cell_to_pixel_formula(cells, pixels):
+  i = np.arange(cells, dtype=np.float32)
+  points = np.stack([i, i[::-1]], axis=-1)
+  expected = (points + 0.5) * pixels / cells - 0.5
+  np.testing.assert_allclose(geometry.cell_to_pixel(points, (cells, cells), (pixels, pixels)),
+                             expected, rtol=1e-6, atol=1e-4)
+  # Cell 0 of 64 over 256 px is centred on pixel 1.5 (it covers pixels 0..3).
+  assert float(geometry.cell_to_pixel([0.0, 0.0], (64, 64), (256, 256))[0]) == 1.5
+
+
+def test_to_512_scale():
+  np.testing.assert_allclose(geometry.to_512_scale([256, 1024]), [2.0, 0.5])
+
+
+def test_aop_hand_worked():
+  ps1 = [10.0, 10.0]
+  right = [[ps1, [20.0, 10.0], [10.0, 30.0]]]  # 90 degrees
+  straight = [[ps1, [0.0, 10.0], [25.0, 10.0]]]  # 180 degrees
+  same_ray = [[ps1, [13.0, 14.0], [16.0, 18.0]]]  # 0 degrees
+  obtuse = [[[0.0, 0.0], [-1.0, 0.0], [1.0, 1.0]]]  # 135 degrees
+  got = [float(geometry.aop_deg(np.array(x, np.float32))[0])
+         for x in (right, straight, same_ray, obtuse)]
+  np.testing.assert_allclose(got, [90.0, 180.0, 0.0, 135.0], atol=1e-5)
+  # The vertex is PS1 (index 0): 63.43 deg here, where the angle at PS2 would be 90.
+  assert float(geometry.aop_deg([[20.0, 10.0], [10.0, 10.0], [10.0, 30.0]])) == pytest.approx(
+      math.degrees(math.atan2(20.0, 10.0)), abs=1e-4)
+
+
+def test_aop_nan_when_degenerate():
+  degenerate = np.array([[[5.0, 5.0], [5.0, 5.0], [9.0, 1.0]],   # PS2 on PS1
+                         [[5.0, 5.0], [1.0, 2.0], [5.0, 5.0]],   # FH1 on PS1
+                         [[1.0, 2.0], [3.0, 4.0], [3.0, 4.0]]],  # PS2 on FH1: defined, 0 deg
+                        np.float32)
+  aop = geometry.aop_deg(degenerate).numpy()
+  assert np.isnan(aop[0]) and np.isnan(aop[1]) and aop[2] == pytest.approx(0.0)
+  np.testing.assert_array_equal(geometry.is_degenerate(degenerate), [True, True, False])
+
+
+# --- geometry: properties ----------------------------------------------------------------------
+
+coord = st.floats(-50.0, 600.0, allow_nan=False, width=32)
+size = st.integers(8, 1024)
+
+
+@FAST
+@given(x=coord, y=coord, w=size, h=size, rw=size, rh=size)
+def test_mapping_round_trip(x, y, w, h, rw, rh):
+  cells = geometry.pixel_to_cell([x, y], (w, h), (rw, rh))
+  back = geometry.cell_to_pixel(cells, (rw, rh), (w, h)).numpy()
+  np.testing.assert_allclose(back, [x, y], atol=1e-4 * max(1.0, abs(x), abs(y)) * max(
+      1.0, w / rw, h / rh))
+
+
+def _triangles():
+  point = st.tuples(st.floats(-300.0, 300.0, width=32), st.floats(-300.0, 300.0, width=32))
+  return st.tuples(point, point, point).map(lambda t: np.array(t, np.float32)).filter(
+      lambda p: np.linalg.norm(p[1] - p[0]) > 1.0 and np.linalg.norm(p[2] - p[0]) > 1.0)
+
+
+@FAST
+@given(points=_triangles(), angle=st.floats(-math.pi, math.pi), scale=st.floats(0.1, 10.0),
+       shift=st.tuples(st.floats(-500.0, 500.0), st.floats(-500.0, 500.0)))
+def test_aop_invariant_under_similarity(points, angle, scale, shift):
+  rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+  moved = (scale * points.astype(np.float64) @ rotation.T + np.array(shift)).astype(np.float32)
+  before, after = float(geometry.aop_deg(points)), float(geometry.aop_deg(moved))
+  assert after == pytest.approx(before, abs=0.02)
+  mirrored = points * np.array([-1.0, 1.0], np.float32)  # unsigned angle: mirror-invariant too
+  assert float(geometry.aop_deg(mirrored)) == pytest.approx(before, abs=1e-3)
+
+
+@FAST
+@given(points=st.lists(st.floats(-1e3, 1e3, width=32), min_size=6, max_size=6))
+def test_aop_in_range_or_nan_only_when_degenerate(points):
+  landmarks = np.array(points, np.float32).reshape(3, 2)
+  aop = float(geometry.aop_deg(landmarks))
+  coincident = (np.array_equal(landmarks[0], landmarks[1])
+                or np.array_equal(landmarks[0], landmarks[2]))
+  if coincident:
+    assert math.isnan(aop)
+  else:
+    assert 0.0 <= aop <= 180.0
+
+
+# --- heatmaps: encoding ------------------------------------------------------------------------
+
+
+def test_gaussian_heatmaps_shape_and_peak():
+  points = np.array([[[3.0, 5.0], [10.0, 2.0], [7.0, 7.0]],
+                     [[0.0, 0.0], [15.0, 11.0], [8.0, 4.0]]], np.float32)
+  maps = heatmap.gaussian_heatmaps(points, (16, 12), 1.5).numpy()
+  assert maps.shape == (2, 12, 16, 3) and maps.dtype == np.float32
+  for b in range(2):
+    for k in range(3):
+      x, y = points[b, k].astype(int)
+      assert maps[b, y, x, k] == pytest.approx(1.0)
+      assert maps[b, ..., k].max() == pytest.approx(1.0)
+  # One cell away along x: exp(-1 / (2 sigma^2)).
+  assert maps[0, 5, 4, 0] == pytest.approx(math.exp(-1.0 / (2 * 1.5 ** 2)), rel=1e-5)
+
+
+# --- heatmaps: round trips ---------------------------------------------------------------------
+
+
+def _round_trip(points_px, image_px, cells, sigma, method):
+  """Original pixels -> cells -> Gaussian heatmaps -> decoded original pixels."""
+  points_px = np.asarray(points_px, np.float32)
+  size = np.array([image_px, image_px], np.float32)
+  points_cells = geometry.pixel_to_cell(points_px, size, (cells, cells))
+  maps = heatmap.gaussian_heatmaps(points_cells, (cells, cells), sigma)
+  landmarks, aop, peak = heatmap.decode_landmarks(maps, np.tile(size, [points_px.shape[0], 1]),
+                                                  method)
+  return landmarks.numpy(), aop.numpy(), peak.numpy()
+
+
+@pytest.mark.parametrize("method", ["argmax", "dark"])
+def test_round_trip_at_cell_centres(method):
+  # Points on cell centres decode exactly with either method.
+  rng = np.random.default_rng(0)
+  cells, image_px = 64, 256
+  idx = rng.integers(2, cells - 2, size=(5, 3, 2)).astype(np.float32)
+  points_px = geometry.cell_to_pixel(idx, (cells, cells), (image_px, image_px)).numpy()
+  landmarks, aop, peak = _round_trip(points_px, image_px, cells, 2.0, method)
+  np.testing.assert_allclose(landmarks, points_px, atol=0.05)
+  np.testing.assert_allclose(peak, 1.0, atol=1e-6)
+  np.testing.assert_allclose(aop, geometry.aop_deg(points_px), atol=1e-3)
+
+
+@FAST
+@given(points=st.lists(st.floats(12.0, 243.0, width=32), min_size=6, max_size=6),
+       sigma=st.floats(1.0, 3.0), cells=st.sampled_from([32, 64, 128]))
+def test_dark_round_trip_at_sub_pixel_points(points, sigma, cells):
+  points_px = np.array(points, np.float32).reshape(1, 3, 2)
+  landmarks, _, peak = _round_trip(points_px, 256, cells, sigma, "dark")
+  np.testing.assert_allclose(landmarks, points_px, atol=0.05)
+  assert np.all(peak > math.exp(-1.0 / (4.0 * sigma * sigma)) - 1e-6)  # <= half a cell off
+
+
+@FAST
+@given(points=st.lists(st.floats(12.0, 243.0, width=32), min_size=6, max_size=6))
+def test_argmax_round_trip_within_half_a_cell(points):
+  points_px = np.array(points, np.float32).reshape(1, 3, 2)
+  landmarks, _, _ = _round_trip(points_px, 256, 64, 2.0, "argmax")
+  assert np.all(np.abs(landmarks - points_px) <= 0.5 * 256 / 64 + 1e-3)
+
+
+def test_dark_with_blur_stays_close():
+  points_px = np.array([[[100.3, 60.7], [30.2, 200.9], [180.5, 140.1]]], np.float32)
+  size = np.array([[256.0, 256.0]], np.float32)
+  maps = heatmap.gaussian_heatmaps(geometry.pixel_to_cell(points_px, size[:, None], (64, 64)),
+                                   (64, 64), 2.0)
+  landmarks, _, _ = heatmap.decode_landmarks(maps, size, "dark", blur_sigma_cells=1.0)
+  # Blurring a Gaussian gives a wider Gaussian at the same place.
+  np.testing.assert_allclose(landmarks, points_px, atol=0.05)
+
+
+def test_non_square_images_round_trip():
+  points_px = np.array([[[300.25, 40.5], [20.75, 170.0], [250.0, 100.125]]], np.float32)
+  size = np.array([[320.0, 180.0]], np.float32)
+  cells = geometry.pixel_to_cell(points_px, size[:, None], (64, 64))
+  maps = heatmap.gaussian_heatmaps(cells, (64, 64), 2.0)
+  landmarks, _, _ = heatmap.decode_landmarks(maps, size, "dark")
+  np.testing.assert_allclose(landmarks, points_px, atol=0.05)
+
+
+def test_decode_rejects_unknown_method():
+  with pytest.raises(ValueError, match="Unknown decode method"):
+    heatmap.decode_heatmaps(tf.zeros([1, 4, 4, 3]), "softargmax")
