@@ -1,0 +1,41 @@
+"""Data preparation: turns IUGC CSVs, PSFHS-style masks or a synthetic phantom into one TFDS format.
+
+Entry point: `python -m data_prep.build`; library: `data_prep.build.build_dataset`. Every source
+yields `Record`s (or `InputError`s for inputs it had to refuse) that `data_prep.tfds_builder`
+writes with the feature schema of ARCHITECTURE.md ("Data on disk").
+"""
+
+import dataclasses
+import typing
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+class InputError(ValueError):
+  """One input (CSV row, image, mask) that cannot be used; the message names it and says why.
+
+  Attributes:
+    reason: short category for the build summary, e.g. "bad point", "duplicate filename".
+  """
+
+  def __init__(self, message, reason="invalid input"):
+    super().__init__(message)
+    self.reason = reason
+
+
+@dataclasses.dataclass
+class Record:
+  """One example before serialisation.
+
+  Attributes:
+    filename: path relative to the image folder (POSIX separators).
+    image: uint8 [H, W] gray, original size.
+    landmarks: float32 [3, 2] `(x, y)` original pixels, order PS1, PS2, FH1.
+    mask: uint8 [H, W] labels (0 bg, 1 pubic symphysis, 2 fetal head), or None.
+  """
+  filename: str
+  image: np.ndarray
+  landmarks: np.ndarray
+  mask: typing.Optional[np.ndarray] = None

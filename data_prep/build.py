@@ -1,0 +1,293 @@
+"""Builds the TFDS dataset of one source: `python -m data_prep.build --source=csv|masks|phantom`.
+
+Examples:
+  python -m data_prep.build --source=phantom --phantom_train=64 --phantom_val=16
+  python -m data_prep.build --source=csv --data_dir=../shared/data/psfhs
+  python -m data_prep.build --source=masks            # PSFHS masks -> landmarks by the IUGC rule
+  python -m data_prep.build --source=csv --data_dir=/data/iugc --csv=train:a.csv,val:b.csv
+
+The dataset lands in `<out_dir>/aop_landmarks/1.0.0` (out_dir defaults to `data/<source>` in the
+repo); that path is printed at the end, to pass to training. Bad inputs are skipped and counted
+(`--strict` stops at the first one); the summary lists rows read, examples written and every
+skipped input with its reason, per split (written + skipped = read).
+
+Library use: `build_dataset("phantom", out_dir=tmp, phantom_counts={"train": 8, "val": 4})`.
+"""
+
+import collections
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from aop_tf import geometry
+from data_prep import SPLITS, InputError, phantom, tfds_builder
+
+SOURCES = ("csv", "masks", "phantom")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PSFHS_ENV = "AOP_PSFHS_DIR"
+DEFAULT_PHANTOM_COUNTS = {"train": 64, "val": 16, "test": 0}
+
+
+def default_psfhs_dir():
+  """`$AOP_PSFHS_DIR`, else `../shared/data/psfhs` relative to the repo root."""
+  return os.environ.get(PSFHS_ENV) or os.path.normpath(
+      os.path.join(REPO_ROOT, "..", "shared", "data", "psfhs"))
+
+
+def default_out_dir(source):
+  """`data/<source>` under the repo root (ignored by git)."""
+  return os.path.join(REPO_ROOT, "data", source)
+
+
+def parse_split_map(text, what="--csv"):
+  """`"train:a.csv,val:b.csv"` -> {"train": "a.csv", "val": "b.csv"}; dicts pass through."""
+  if text is None or isinstance(text, dict):
+    return dict(text or {})
+  result = {}
+  for item in filter(None, (part.strip() for part in str(text).split(","))):
+    split, sep, value = item.partition(":")
+    split = split.strip()
+    if not sep or not value.strip():
+      raise ValueError(f"{what}: item {item!r} is not SPLIT:VALUE (e.g. train:path/train.csv)")
+    if split not in SPLITS:
+      raise ValueError(f"{what}: unknown split {split!r} in {item!r}; use one of {SPLITS}")
+    if split in result:
+      raise ValueError(f"{what}: split {split!r} given twice")
+    result[split] = value.strip()
+  return result
+
+
+def _split_limit(limit, split):
+  if isinstance(limit, dict):
+    return limit.get(split)
+  return limit
+
+
+class _Tally:
+  """Per-split counts of rows read, examples written and skipped inputs with reasons."""
+
+  def __init__(self):
+    self.read = collections.Counter()
+    self.written = collections.Counter()
+    self.skipped = collections.defaultdict(collections.Counter)
+    self.messages = []  # (split, message)
+
+  def skip(self, split, error):
+    self.skipped[split][error.reason] += 1
+    self.messages.append((split, str(error)))
+
+  def as_dict(self, splits):
+    return {split: {"read": self.read[split], "written": self.written[split],
+                    "skipped": dict(self.skipped[split])} for split in splits}
+
+
+def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, phantom_size,
+                 phantom_seed):
+  """-> ({split: (total rows, iterator of Record | InputError)}, description)."""
+  if source == "phantom":
+    counts = dict(DEFAULT_PHANTOM_COUNTS if phantom_counts is None else phantom_counts)
+    unknown = set(counts) - set(SPLITS)
+    if unknown:
+      raise ValueError(f"phantom_counts: unknown splits {sorted(unknown)}; use {SPLITS}")
+    splits = {split: (int(counts[split]),
+                      phantom.iter_records(SPLITS.index(split), counts[split], phantom_size,
+                                           phantom_seed))
+              for split in SPLITS if int(counts.get(split, 0) or 0) > 0}
+    if not splits:
+      raise ValueError("phantom: every split count is 0; ask for at least one example")
+    return splits, (f"Synthetic phantom, {phantom_size}x{phantom_size}, seed {phantom_seed}; "
+                    "landmarks from the ellipse geometry.")
+
+  seen = {}  # filename -> split, shared so that a file is used by one split only
+  if source == "csv":
+    from data_prep import csv_source  # pylint: disable=import-outside-toplevel
+    csv_paths = csv_source.find_split_csvs(data_dir, parse_split_map(csv))
+    folder = image_dir or csv_source.default_image_dir(data_dir)
+    splits = {}
+    for split, path in csv_paths.items():
+      rows = csv_source.read_rows(path)
+      splits[split] = (len(rows), csv_source.iter_records(rows, folder, seen, split))
+    return splits, f"IUGC-format CSVs {sorted(csv_paths.values())}, images in {folder}."
+
+  if source == "masks":
+    from data_prep import masks  # pylint: disable=import-outside-toplevel
+    names = masks.split_filenames(data_dir, parse_split_map(csv), split_spec)
+    splits = {split: (len(files), masks.iter_records(data_dir, files, seen, split))
+              for split, files in names.items() if files}
+    return splits, (f"PSFHS-style masks in {data_dir}; landmarks from the masks by the IUGC rule "
+                    "(data_prep.masks.landmarks_from_mask).")
+  raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
+
+
+def _log(verbose, message):
+  if verbose:
+    print(message, flush=True)
+
+
+def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=None,
+                  split_spec=None, phantom_counts=None, phantom_size=256, phantom_seed=0,
+                  limit=None, strict=False, overwrite=False, verbose=True):
+  """Reads one source, validates every input and writes the TFDS dataset.
+
+  Args:
+    source: "csv" (IUGC CSVs + images), "masks" (PSFHS images + masks) or "phantom".
+    data_dir: input folder (csv/masks); default `$AOP_PSFHS_DIR` or `../shared/data/psfhs`.
+    out_dir: output root; default `data/<source>` in the repo.
+    csv: {split: path} or "train:a.csv,val:b.csv"; default `<data_dir>/{train,val,test}.csv`.
+      For masks they only give split membership (their Filename column).
+    image_dir: csv source: folder the CSV file names are relative to; default `<data_dir>/images`
+      if it exists, else `data_dir`.
+    split_spec: masks source without split CSVs: e.g. "train:80,val:20" (see
+      `data_prep.masks.split_filenames`).
+    phantom_counts: {split: count}; default {"train": 64, "val": 16, "test": 0}.
+    phantom_size, phantom_seed: phantom image side (pixels) and first seed.
+    limit: at most this many rows read per split (int, or {split: int}); for tests.
+    strict: raise at the first bad input instead of skipping it.
+    overwrite: replace an existing dataset in `out_dir`; without it an existing one is an error.
+    verbose: print progress and the summary.
+
+  Returns:
+    The dataset directory (str) holding `dataset_info.json`, for `tfds.builder_from_directory`.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  start = time.time()
+  if source not in SOURCES:
+    raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
+  if source != "phantom":
+    data_dir = data_dir or default_psfhs_dir()
+    if not os.path.isdir(data_dir):
+      raise FileNotFoundError(
+          f"data folder {data_dir} does not exist; pass --data_dir (or set ${PSFHS_ENV})")
+  out_dir = os.path.abspath(out_dir or default_out_dir(source))
+  target = tfds_builder.dataset_dir(out_dir)
+  if os.path.exists(target):
+    if not overwrite:
+      raise FileExistsError(f"{target} already exists; pass --overwrite (overwrite=True) to "
+                            "rebuild it or choose another --out_dir")
+    shutil.rmtree(target)
+
+  splits, description = _open_source(source, data_dir, csv, image_dir, split_spec,
+                                     phantom_counts, phantom_size, phantom_seed)
+  tally = _Tally()
+  examples_by_split = {}
+  for split, (total, items) in splits.items():
+    split_limit = _split_limit(limit, split)
+    if split_limit is not None:
+      total = min(total, int(split_limit))
+      items = itertools.islice(items, int(split_limit))
+    records = []
+    every = max(10, total // 10)
+    split_start = time.time()
+    for item in items:
+      tally.read[split] += 1
+      if isinstance(item, InputError):
+        if strict:
+          raise item
+        tally.skip(split, item)
+      else:
+        records.append(item)
+      if tally.read[split] % every == 0 or tally.read[split] == total:
+        _log(verbose, f"[{source}/{split}] {tally.read[split]}/{total} rows read, "
+             f"{len(records)} ok, {sum(tally.skipped[split].values())} skipped "
+             f"({time.time() - split_start:.1f} s)")
+    if not records:
+      _log(verbose, f"[{source}/{split}] no usable examples; split left out")
+      continue
+    landmarks = np.stack([r.landmarks for r in records]).astype(np.float32)
+    aops = geometry.aop_deg(landmarks).numpy()
+    examples_by_split[split] = [tfds_builder.encode_record(r, a) for r, a in zip(records, aops)]
+    tally.written[split] = len(records)
+
+  if not examples_by_split:
+    raise ValueError(f"{source}: no usable examples in any split; see the skipped inputs:\n" +
+                     "\n".join(f"  {s}: {m}" for s, m in tally.messages[:20]))
+  summary = {
+      "source": source,
+      "data_dir": os.path.abspath(data_dir) if data_dir else None,
+      "splits": tally.as_dict(list(splits)),
+      "skipped_inputs": [{"split": s, "message": m} for s, m in tally.messages],
+  }
+  _log(verbose, f"[{source}] writing TFRecord shards to {target}")
+  builder = tfds_builder.AopLandmarks(
+      data_dir=out_dir, examples_by_split=examples_by_split, description=description,
+      metadata=summary)
+  # Our own progress lines replace TFDS' progress bars; their global switch is restored after.
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=import-outside-toplevel
+  bars = getattr(tqdm_utils, "_active", True)
+  tfds.display_progress_bar(False)
+  try:
+    with tempfile.TemporaryDirectory(prefix="aop_tfds_dl_") as download_dir:
+      builder.download_and_prepare(
+          download_dir=download_dir,
+          download_config=tfds.download.DownloadConfig(manual_dir=data_dir or download_dir))
+  finally:
+    tfds.display_progress_bar(bars)
+  if verbose:
+    _print_summary(source, summary, tally, time.time() - start, target)
+  return target
+
+
+def _print_summary(source, summary, tally, seconds, target):
+  print(f"\nSummary: source={source}, {seconds:.1f} s")
+  print(f"  {'split':<6} {'read':>6} {'written':>8} {'skipped':>8}  reasons")
+  for split, row in summary["splits"].items():
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(row["skipped"].items())) or "-"
+    print(f"  {split:<6} {row['read']:>6} {row['written']:>8} "
+          f"{sum(row['skipped'].values()):>8}  {reasons}")
+  if tally.messages:
+    print(f"Skipped inputs ({len(tally.messages)}):")
+    for split, message in tally.messages:
+      print(f"  [{split}] {message}")
+  print(f"Dataset directory (pass to training): {target}")
+
+
+def main(argv):
+  """absl entry point."""
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  counts = {"train": f.phantom_train, "val": f.phantom_val, "test": f.phantom_test}
+  try:
+    build_dataset(
+        f.source, data_dir=f.data_dir, out_dir=f.out_dir, csv=f.csv, image_dir=f.image_dir,
+        split_spec=f.split_spec, phantom_counts=counts, phantom_size=f.phantom_size,
+        phantom_seed=f.phantom_seed, limit=f.limit, strict=f.strict, overwrite=f.overwrite)
+  except (InputError, ValueError, FileNotFoundError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_enum("source", "phantom", list(SOURCES), "Input kind.")
+  flags.DEFINE_string("data_dir", None, "Input folder (csv/masks). Default: $AOP_PSFHS_DIR or "
+                      "../shared/data/psfhs.")
+  flags.DEFINE_string("out_dir", None, "Output root. Default: data/<source> in the repo.")
+  flags.DEFINE_string("csv", None, "Split CSVs, e.g. train:a.csv,val:b.csv. Default: "
+                      "train.csv/val.csv/test.csv found in --data_dir.")
+  flags.DEFINE_string("image_dir", None, "csv source: folder the CSV file names are relative "
+                      "to. Default: <data_dir>/images if present, else <data_dir>.")
+  flags.DEFINE_string("split_spec", None, "masks source without split CSVs: weights of "
+                      "contiguous 40-file blocks, e.g. train:80,val:20.")
+  flags.DEFINE_integer("phantom_train", 64, "Phantom examples in train.")
+  flags.DEFINE_integer("phantom_val", 16, "Phantom examples in val.")
+  flags.DEFINE_integer("phantom_test", 0, "Phantom examples in test.")
+  flags.DEFINE_integer("phantom_size", 256, "Phantom image side, pixels.")
+  flags.DEFINE_integer("phantom_seed", 0, "First phantom seed.")
+  flags.DEFINE_integer("limit", None, "Read at most this many rows per split (for quick tests).")
+  flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of skipping it.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out_dir.")
+
+
+if __name__ == "__main__":
+  from absl import app as _app  # pylint: disable=import-outside-toplevel
+  _define_flags()
+  _app.run(main)
