@@ -282,10 +282,12 @@ def _finish_fn(config, training):
   return finish
 
 
-def _permute(batch, seed):
-  n = tf.shape(batch["index"])[0]
-  order = tf.argsort(tf.random.stateless_uniform([n], seed=seed))
-  return {k: tf.gather(v, order) for k, v in batch.items()}
+def _permuted(block, seed):
+  """The examples of a stacked `block` as a dataset, in a stateless random order."""
+  order = tf.argsort(tf.random.stateless_uniform([tf.shape(block["index"])[0]], seed=seed))
+  # Index the block per example rather than gathering it: one copy of the block, not two.
+  return tf.data.Dataset.from_tensor_slices(order).map(
+      lambda i: {k: v[i] for k, v in block.items()})
 
 
 def _shuffled_epoch(prepared, config, epoch, n):
@@ -293,9 +295,8 @@ def _shuffled_epoch(prepared, config, epoch, n):
   block = config.shuffle_buffer or max(n, 1)
   epoch_seed = tf.random.experimental.stateless_fold_in(
       tf.stack([tf.cast(config.seed, tf.int64), tf.constant(_SHUFFLE_TAG, tf.int64)]), epoch)
-  blocks = prepared.batch(block).enumerate().map(
-      lambda b, batch: _permute(batch, tf.random.experimental.stateless_fold_in(epoch_seed, b)))
-  return blocks.unbatch()
+  return prepared.batch(block).enumerate().flat_map(
+      lambda b, batch: _permuted(batch, tf.random.experimental.stateless_fold_in(epoch_seed, b)))
 
 
 def make_dataset(data_dir, split, config, training, start_epoch=0):
