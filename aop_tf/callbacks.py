@@ -1,0 +1,380 @@
+"""Keras callbacks of the training loop: schedule, stop requests, validation, TensorBoard, checkpoints.
+
+Order matters and `train.py` keeps it: `LearningRateSchedule`, `StopGuard` (signals, NaN loss),
+then per epoch `Validation` (adds `val_*` to the epoch logs), `TensorBoardLogger`, and
+`Checkpointer` last (saves, and stops on the time budget). They share one `RunStatus`. An epoch cut
+short by a signal or a NaN loss is not "complete": nothing is validated or saved for it, so
+`latest.keras` always holds the end of a complete epoch and resuming from it is exact.
+
+Epochs are 0-based inside Keras callbacks and 1-based everywhere a person reads them (file names,
+`state.json`, TensorBoard steps, messages).
+"""
+
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from aop_tf import LANDMARK_NAMES
+from aop_tf import geometry
+from aop_tf import heatmap
+from aop_tf import metrics
+from aop_tf import model_dir as model_dir_lib
+from aop_tf import visualize
+
+LR_SCHEDULES = ("step", "cosine", "constant")
+
+
+def learning_rate_at(step, steps_per_epoch, base_lr, schedule="step", epochs=150,
+                     step_epochs=15, step_factor=0.5, warmup_epochs=0.0):
+  """Learning rate for optimizer step `step` (0-based).
+
+  `step`: `base_lr * step_factor ** floor(epoch / step_epochs)`, the epoch-wise StepLR of the paper.
+  `cosine`: from `base_lr` to 0 over the epochs after warm-up, per step. `constant`: `base_lr`.
+  A linear warm-up over the first `warmup_epochs` (fractions allowed) multiplies any of them.
+
+  Args:
+    step: global optimizer step (iterations so far).
+    steps_per_epoch: optimizer steps in one epoch.
+    base_lr: peak learning rate.
+    schedule: one of `LR_SCHEDULES`.
+    epochs: total epochs (for cosine).
+    step_epochs, step_factor: the step schedule.
+    warmup_epochs: linear warm-up length, epochs.
+  """
+  if schedule not in LR_SCHEDULES:
+    raise ValueError(f"Unknown lr schedule {schedule!r}; expected one of {LR_SCHEDULES}.")
+  epoch = step // steps_per_epoch
+  warmup_steps = warmup_epochs * steps_per_epoch
+  if schedule == "step":
+    lr = base_lr * step_factor ** (epoch // max(1, step_epochs))
+  elif schedule == "cosine":
+    total = max(1.0, epochs * steps_per_epoch - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / total))
+    lr = 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
+  else:
+    lr = base_lr
+  if warmup_steps > 0 and step < warmup_steps:
+    lr *= (step + 1) / warmup_steps
+  return float(lr)
+
+
+def _none_to_nan(value):
+  """metrics.report writes None for undefined values; logs and TensorBoard want floats."""
+  return float("nan") if value is None else float(value)
+
+
+class RunStatus:
+  """State shared by the callbacks of one `fit` call.
+
+  Attributes:
+    stop_reason: None, "signal", "nan" or "time_budget".
+    signal_name: the signal that asked to stop ("SIGTERM", "SIGINT").
+    nan_at: `(epoch, step)` 1-based, where the loss stopped being finite.
+    batches: batches finished in the current epoch.
+    epochs_done: last complete epoch (1-based), including those of earlier runs.
+    budget_s: time budget over all runs, seconds (0 = none); `spent_s` before this run.
+    val: the last validation report (`metrics.report`) and val loss.
+  """
+
+  def __init__(self, steps_per_epoch, initial_epoch=0, budget_s=0.0, spent_s=0.0):
+    self.steps_per_epoch = steps_per_epoch
+    self.stop_reason = None
+    self.signal_name = None
+    self.nan_at = None
+    self.batches = 0
+    self.epochs_done = initial_epoch
+    self.budget_s = budget_s
+    self.spent_s = spent_s
+    self.start = time.monotonic()
+    self.val = {}
+
+  def train_seconds(self):
+    """Training wall time over all runs, seconds."""
+    return self.spent_s + time.monotonic() - self.start
+
+  def budget_exhausted(self):
+    return self.budget_s > 0 and self.train_seconds() >= self.budget_s
+
+  def epoch_complete(self):
+    """Whether the epoch that just ended ran all its batches with a finite loss."""
+    return self.batches >= self.steps_per_epoch and self.stop_reason != "nan"
+
+
+class LearningRateSchedule(keras.callbacks.Callback):
+  """Sets the optimizer's learning rate before every step from `learning_rate_at`.
+
+  Computed from the optimizer's iteration counter, so a resumed run continues the schedule. The
+  rate lives in the optimizer as a plain variable: checkpoints need no custom schedule class.
+  """
+
+  def __init__(self, steps_per_epoch, **schedule):
+    super().__init__()
+    self.steps_per_epoch = steps_per_epoch
+    self.schedule = schedule
+    self._step = 0
+    learning_rate_at(0, steps_per_epoch, **schedule)  # Fail early on a bad schedule.
+
+  def on_train_begin(self, logs=None):
+    self._step = int(self.model.optimizer.iterations.numpy())
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self.model.optimizer.learning_rate = learning_rate_at(self._step, self.steps_per_epoch,
+                                                          **self.schedule)
+    self._step += 1
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is not None:
+      logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+
+
+class StopGuard(keras.callbacks.Callback):
+  """Stops after the current step on SIGTERM / SIGINT, or when the loss is not finite.
+
+  Signal handlers are active inside `with guard.signals_handled(): model.fit(...)`. A second
+  Ctrl-C raises KeyboardInterrupt at once.
+  """
+
+  def __init__(self, status):
+    super().__init__()
+    self.status = status
+    self._epoch = 0
+
+  def _handler(self, signum, frame):
+    name = signal.Signals(signum).name
+    if self.status.stop_reason == "signal" and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.status.stop_reason = "signal"
+    self.status.signal_name = name
+    print(f"\n{name} received: stopping after the current step "
+          "(Ctrl-C again aborts at once).", flush=True)
+
+  @contextlib.contextmanager
+  def signals_handled(self):
+    """Context in which SIGINT/SIGTERM request a stop (main thread only; else a no-op)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, self._handler)
+    try:
+      yield self
+    finally:
+      for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+    self.status.batches = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.status.batches += 1
+    loss = float(np.asarray((logs or {}).get("loss", 0.0)))
+    if not math.isfinite(loss):
+      self.status.stop_reason = "nan"
+      self.status.nan_at = (self._epoch + 1, self.status.batches)
+    if self.status.stop_reason in ("signal", "nan"):
+      self.model.stop_training = True
+
+
+class Validation(keras.callbacks.Callback):
+  """Validation loss (`model.evaluate`) and landmark metrics (`metrics.predict_on_dataset`).
+
+  `dataset`: batches of `data.make_dataset(..., training=False)`; `keras_dataset`: the same as
+  `(x, y)` pairs. Runs every `val_every` epochs, at the last epoch and when the time budget runs
+  out (not after a stop signal); adds to the epoch logs `val_loss` (and per-output losses),
+  `val_mre_px`, `val_mre_512`, `val_aop_error_deg` (means over images), and keeps the full
+  `metrics.report` in `status.val["report"]`.
+  """
+
+  def __init__(self, status, dataset, keras_dataset, decode_method, blur_sigma_cells, val_every,
+               epochs):
+    super().__init__()
+    self.status = status
+    self.dataset = dataset
+    self.keras_dataset = keras_dataset
+    self.decode_method = decode_method
+    self.blur_sigma_cells = blur_sigma_cells
+    self.val_every = max(1, int(val_every))
+    self.epochs = epochs
+
+  def due(self, epoch):
+    # Not after a stop request: the checkpoint should be written without delay.
+    if self.status.stop_reason == "signal":
+      return False
+    return ((epoch + 1) % self.val_every == 0 or epoch + 1 >= self.epochs
+            or self.status.budget_exhausted())
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.status.val = {}
+    if self.dataset is None or not self.status.epoch_complete() or not self.due(epoch):
+      return
+    losses = self.model.evaluate(self.keras_dataset, verbose=0, return_dict=True)
+    preds = metrics.predict_on_dataset(self.model, self.dataset, self.decode_method,
+                                       self.blur_sigma_cells)
+    report = metrics.report(metrics.per_image_errors(preds["pred_px"], preds["gt_px"],
+                                                     preds["size_px"]))
+    values = {f"val_{name}": float(value) for name, value in losses.items()}
+    values.update(val_mre_px=_none_to_nan(report["mre_px"]["mean"]),
+                  val_mre_512=_none_to_nan(report["mre_512"]["mean"]),
+                  val_aop_error_deg=_none_to_nan(report["aop_error_deg"]["mean"]))
+    if logs is not None:
+      logs.update(values)
+    self.status.val = dict(values, report=report)
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+  """Scalars and pictures in `<model_dir>/logs`, one step per (1-based) epoch.
+
+  Scalars: `loss/train`, `loss/val` (and per-output losses), `learning_rate`,
+  `val_mre_px/<landmark|mean>`, `val_mre_512/...`, `val_aop_error_deg/{mean,median,p90}`,
+  `epoch_seconds`, `train_images_per_s`. Images (validation epochs): `val/overlay` (ground truth
+  green, prediction orange, with the AoP arcs) and `val/heatmaps` (image | PS1 | PS2 | FH1, the
+  paper's Figure 3) for a fixed set of validation images.
+
+  Args:
+    status: the shared `RunStatus`.
+    log_dir: event-file folder.
+    tb_batch: None, or a dict of numpy arrays of the fixed images: `image` [N,S,S,C] 0..255,
+      `landmarks` [N,3,2] original pixels, `size_px` [N,2].
+    decode_method, blur_sigma_cells: as for validation.
+    heatmap_scale: target amplitude; heatmaps are divided by it for display on a 0..1 scale.
+    images_per_epoch: training images per epoch (for throughput).
+  """
+
+  def __init__(self, status, log_dir, tb_batch, decode_method, blur_sigma_cells, heatmap_scale,
+               images_per_epoch):
+    super().__init__()
+    self.status = status
+    self.log_dir = log_dir
+    self.tb_batch = tb_batch
+    self.decode_method = decode_method
+    self.blur_sigma_cells = blur_sigma_cells
+    self.heatmap_scale = heatmap_scale
+    self.images_per_epoch = images_per_epoch
+    self.writer = None
+    self._epoch_start = 0.0
+
+  def on_train_begin(self, logs=None):
+    self.writer = tf.summary.create_file_writer(self.log_dir)
+
+  def on_train_end(self, logs=None):
+    if self.writer is not None:
+      self.writer.close()
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch_start = time.monotonic()
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not self.status.epoch_complete():
+      return
+    logs = logs or {}
+    seconds = time.monotonic() - self._epoch_start
+    step = epoch + 1
+    with self.writer.as_default(step=step):
+      for name, value in logs.items():
+        if name == "loss" or name.endswith("_loss"):
+          split = "val" if name.startswith("val_") else "train"
+          base = name[4:] if split == "val" else name
+          tf.summary.scalar(f"{base}/{split}", float(value))
+      if "learning_rate" in logs:
+        tf.summary.scalar("learning_rate", logs["learning_rate"])
+      tf.summary.scalar("epoch_seconds", seconds)
+      tf.summary.scalar("train_images_per_s", self.images_per_epoch / max(seconds, 1e-9))
+      report = self.status.val.get("report")
+      if report:
+        for space in ("mre_px", "mre_512"):
+          for key in (*LANDMARK_NAMES, "mean"):
+            tf.summary.scalar(f"val_{space}/{key}", _none_to_nan(report[space][key]))
+        for key in ("mean", "median", "p90"):
+          tf.summary.scalar(f"val_aop_error_deg/{key}",
+                            _none_to_nan(report["aop_error_deg"][key]))
+        if self.tb_batch is not None:
+          overlays, panels = self.pictures()
+          tf.summary.image("val/overlay", overlays, max_outputs=len(overlays))
+          tf.summary.image("val/heatmaps", panels, max_outputs=len(panels))
+    self.writer.flush()
+
+  def pictures(self):
+    """Overlays and heatmap panels of the fixed images: two uint8 arrays [N,H,W,3]."""
+    batch = self.tb_batch
+    maps = self.model(batch["image"], training=False)["heatmaps"]
+    pred_px, aop_pred, _ = heatmap.decode_landmarks(maps, batch["size_px"], self.decode_method,
+                                                    self.blur_sigma_cells)
+    aop_gt = geometry.aop_deg(batch["landmarks"]).numpy()
+    side = batch["image"].shape[1]
+    # The pictures show the model input (S x S); points map there from the original frame, the AoP
+    # written is the one of the original frame.
+    size = batch["size_px"][:, None, :]
+    pred_in = geometry.rescale_points(pred_px, size, (side, side)).numpy()
+    gt_in = geometry.rescale_points(batch["landmarks"], size, (side, side)).numpy()
+    maps = np.asarray(maps) / self.heatmap_scale
+    overlays, panels = [], []
+    for i in range(len(batch["image"])):
+      overlays.append(visualize.overlay(batch["image"][i], pred=pred_in[i], gt=gt_in[i],
+                                        aop_pred=float(aop_pred[i]), aop_gt=float(aop_gt[i]),
+                                        min_size=256))
+      panels.append(visualize.heatmap_panel(batch["image"][i], maps[i], tile_px=192))
+    return np.stack(overlays), np.stack(panels)
+
+
+class Checkpointer(keras.callbacks.Callback):
+  """Writes checkpoints and `state.json` after every complete epoch, atomically.
+
+  `latest.keras` (with optimizer state) then `state.json` every epoch; `epoch_NNNN.keras` every
+  `checkpoint_every` epochs; `best_val_loss.keras` / `best_val_mre.keras` when validation improves
+  (MRE in 512 space, mean over landmarks). Stops training once the time budget is spent.
+
+  `state.json`: `epoch`, `train_seconds` (over all runs), `best_val_loss`, `best_val_loss_epoch`,
+  `best_val_mre_512`, `best_val_mre_epoch`, `history` (one dict of logs per epoch).
+  """
+
+  def __init__(self, status, model_dir, checkpoint_every, state):
+    super().__init__()
+    self.status = status
+    self.model_dir = model_dir
+    self.checkpoint_every = int(checkpoint_every)
+    self.state = state
+
+  def _save(self, which):
+    model_dir_lib.save_model(self.model, model_dir_lib.checkpoint_path(self.model_dir, which))
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not self.status.epoch_complete():
+      return
+    step = epoch + 1
+    logs = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}
+    state = self.state
+    val_loss, val_mre = logs.get("val_loss"), logs.get("val_mre_512")
+    best = []
+    if val_loss is not None and math.isfinite(val_loss) and val_loss < state.get(
+        "best_val_loss", math.inf):
+      state.update(best_val_loss=val_loss, best_val_loss_epoch=step)
+      best.append("best_val_loss")
+    if val_mre is not None and math.isfinite(val_mre) and val_mre < state.get(
+        "best_val_mre_512", math.inf):
+      state.update(best_val_mre_512=val_mre, best_val_mre_epoch=step)
+      best.append("best_val_mre")
+    for which in best:
+      self._save(which)
+    if self.checkpoint_every > 0 and step % self.checkpoint_every == 0:
+      self._save(f"epoch_{step:04d}")
+    # latest.keras before state.json: a kill between the two leaves a checkpoint one epoch ahead
+    # of state.json, which resume detects from the optimizer's iteration count.
+    self._save("latest")
+    self.status.epochs_done = step
+    state["epoch"] = step
+    state["train_seconds"] = self.status.train_seconds()
+    # JSON has no NaN: undefined values (e.g. no valid AoP) are written as null.
+    record = {k: (v if math.isfinite(v) else None) for k, v in logs.items()}
+    state.setdefault("history", []).append(dict(record, epoch=step))
+    model_dir_lib.write_json(os.path.join(self.model_dir, model_dir_lib.STATE_FILE), state)
+    if self.status.budget_exhausted() and self.status.stop_reason is None:
+      self.status.stop_reason = "time_budget"
+    if self.status.stop_reason is not None:
+      self.model.stop_training = True

@@ -1,0 +1,135 @@
+"""Training losses: heatmap regression (MSE and variants) and the optional segmentation loss.
+
+Heatmap targets from the pipeline are unit-peak Gaussians, float32 [B, R, R, 3]; every heatmap loss
+multiplies them by `heatmap_scale` first (a larger amplitude gives the foreground more weight against
+the mostly-zero background; decoding is scale invariant). Each loss returns one value per example,
+the mean over cells and landmarks, which Keras then averages over the batch: `mse` with scale 1 is
+exactly the paper's (PyTorch `MSELoss`, mean over all elements).
+
+The classes are registered Keras serializables, so `.keras` checkpoints load with
+`compile=True`; evaluation loads with `compile=False` and needs none of this.
+"""
+
+import keras
+import tensorflow as tf
+
+HEATMAP_LOSSES = ("mse", "weighted_mse", "awing")
+
+
+@keras.saving.register_keras_serializable(package="aop_tf")
+class HeatmapMSE(keras.losses.Loss):
+  """Mean squared error against `heatmap_scale * target`, optionally foreground weighted.
+
+  The weight of a cell is `1 + foreground_weight * target` (target in 0..1), so cells near a
+  landmark count up to `1 + foreground_weight` times more than the background; 0 gives plain MSE.
+
+  Args:
+    heatmap_scale: amplitude of the target peaks.
+    foreground_weight: extra weight at the peak (>= 0).
+  """
+
+  def __init__(self, heatmap_scale=1.0, foreground_weight=0.0, name="heatmap_mse", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.heatmap_scale = float(heatmap_scale)
+    self.foreground_weight = float(foreground_weight)
+
+  def call(self, y_true, y_pred):
+    y_true = tf.cast(y_true, tf.float32)
+    y_pred = tf.cast(y_pred, tf.float32)
+    error = tf.square(y_pred - self.heatmap_scale * y_true)
+    if self.foreground_weight:
+      error = error * (1.0 + self.foreground_weight * y_true)
+    return tf.reduce_mean(error, axis=[1, 2, 3])
+
+  def get_config(self):
+    return {**super().get_config(), "heatmap_scale": self.heatmap_scale,
+            "foreground_weight": self.foreground_weight}
+
+
+@keras.saving.register_keras_serializable(package="aop_tf")
+class AdaptiveWingLoss(keras.losses.Loss):
+  """Adaptive Wing loss (Wang et al., ICCV 2019) with its weighted loss map.
+
+  Per cell, with `y` the unit-peak target, `d = |pred - heatmap_scale * y|` and
+  `p = alpha - y`: `omega * log(1 + (d / epsilon)**p)` for `d < theta`, else `A * d - C`, with `A`
+  and `C` making the two pieces meet smoothly at `theta`. Near the peak (`y` ~ 1, `p` ~ 1.1) the
+  loss is close to L1, which keeps pushing small foreground errors down; in the background
+  (`p` ~ 2.1) it is close to L2 and forgiving. Cells within a 3x3 dilation of `y > 0.2` get weight
+  `1 + map_weight` (the paper's W = 10).
+
+  Args:
+    heatmap_scale: amplitude of the target peaks (`theta`, `epsilon` are in those units).
+    omega, theta, epsilon, alpha: the paper's defaults 14, 0.5, 1, 2.1.
+    map_weight: extra weight of the dilated foreground; 0 disables the loss map.
+  """
+
+  def __init__(self, heatmap_scale=1.0, omega=14.0, theta=0.5, epsilon=1.0, alpha=2.1,
+               map_weight=10.0, name="adaptive_wing", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.heatmap_scale = float(heatmap_scale)
+    self.omega, self.theta = float(omega), float(theta)
+    self.epsilon, self.alpha = float(epsilon), float(alpha)
+    self.map_weight = float(map_weight)
+
+  def call(self, y_true, y_pred):
+    y = tf.clip_by_value(tf.cast(y_true, tf.float32), 0.0, 1.0)
+    diff = tf.abs(tf.cast(y_pred, tf.float32) - self.heatmap_scale * y)
+    power = self.alpha - y
+    ratio = self.theta / self.epsilon
+    a = (self.omega * (1.0 / (1.0 + tf.pow(ratio, power))) * power
+         * tf.pow(ratio, power - 1.0) / self.epsilon)
+    c = self.theta * a - self.omega * tf.math.log1p(tf.pow(ratio, power))
+    loss = tf.where(diff < self.theta,
+                    self.omega * tf.math.log1p(tf.pow(diff / self.epsilon, power)),
+                    a * diff - c)
+    if self.map_weight:
+      foreground = tf.nn.max_pool2d(tf.cast(y > 0.2, tf.float32), 3, 1, "SAME")
+      loss = loss * (1.0 + self.map_weight * foreground)
+    return tf.reduce_mean(loss, axis=[1, 2, 3])
+
+  def get_config(self):
+    return {**super().get_config(), "heatmap_scale": self.heatmap_scale, "omega": self.omega,
+            "theta": self.theta, "epsilon": self.epsilon, "alpha": self.alpha,
+            "map_weight": self.map_weight}
+
+
+@keras.saving.register_keras_serializable(package="aop_tf")
+class MaskedSegmentationLoss(keras.losses.Loss):
+  """Cross-entropy of softmax probabilities [B,R,R,C] against int labels [B,R,R].
+
+  Labels < 0 are ignored (the training loop sets the whole mask to -1 for images without a real
+  mask), so such images contribute 0. Returns the per-example mean over labelled cells.
+  """
+
+  def __init__(self, name="masked_segmentation", **kwargs):
+    super().__init__(name=name, **kwargs)
+
+  def call(self, y_true, y_pred):
+    labels = tf.cast(y_true, tf.int32)
+    if len(labels.shape) == 4:
+      labels = labels[..., 0]
+    valid = labels >= 0
+    probs = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-7, 1.0)
+    picked = tf.gather(probs, tf.maximum(labels, 0), batch_dims=3)
+    nll = -tf.math.log(picked) * tf.cast(valid, tf.float32)
+    count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=[1, 2])
+    return tf.reduce_sum(nll, axis=[1, 2]) / tf.maximum(count, 1.0)
+
+
+def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0):
+  """The heatmap loss called `name` (one of `HEATMAP_LOSSES`).
+
+  Args:
+    name: "mse" (the paper), "weighted_mse" (`HeatmapMSE` with `foreground_weight`) or "awing".
+    heatmap_scale: target amplitude multiplier.
+    foreground_weight: for "weighted_mse", the extra weight at the peaks.
+  """
+  if name == "mse":
+    return HeatmapMSE(heatmap_scale, 0.0, name="mse")
+  if name == "weighted_mse":
+    if foreground_weight <= 0:
+      raise ValueError(f"weighted_mse needs foreground_weight > 0; got {foreground_weight}.")
+    return HeatmapMSE(heatmap_scale, foreground_weight, name="weighted_mse")
+  if name == "awing":
+    return AdaptiveWingLoss(heatmap_scale)
+  raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(HEATMAP_LOSSES)}.")
