@@ -98,7 +98,7 @@ class CsvSource:
       raise FileNotFoundError(f"--images_dir {images_dir} is not a folder.")
     rows = csv_source.read_rows(labels_csv)
     self.examples, self.skipped = [], []
-    for item in tqdm(csv_source.iter_records(rows, images_dir, {}, "test"), total=len(rows),
+    for item in tqdm(csv_source.iter_records(rows, images_dir, {}, "eval"), total=len(rows),
                      unit="row", desc="read images", disable=not progress, dynamic_ncols=True):
       if isinstance(item, InputError):
         self.skipped.append(str(item))

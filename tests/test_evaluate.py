@@ -174,7 +174,7 @@ def _write_phantom_images(phantom_dir, folder):
     for ex in data.load_split(phantom_dir, "val").as_numpy_iterator():
       name = ex["filename"].decode()
       visualize.save_png(os.path.join(folder, name), ex["image"][..., 0])
-      points = [f"({x!r}, {y!r})" for x, y in ex["landmarks"].astype(float)]
+      points = [f"({x!r}, {y!r})" for x, y in ex["landmarks"].astype(float).tolist()]
       writer.writerow([name] + points + [f"{float(ex['aop_deg']):.4f}"])
   return labels
 
