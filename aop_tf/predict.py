@@ -1,0 +1,356 @@
+"""Landmarks, AoP and confidence for image files, from an export (SavedModel or TFLite).
+
+  python -m aop_tf.predict --model=saved_models/smoke --inputs='scans/,more/*.png,one.jpg' \
+      --output=pred.csv [--format=csv|json] [--overlay_dir=overlays] [--min_confidence=0.3]
+
+`--model` is a SavedModel folder (`saved_models/<name>`, run through its `serve_images`
+signature) or a `.tflite` file. Images (PNG, JPEG, BMP, GIF; gray or colour; any size) are read and
+decoded by a thread pool, batched by size, and predicted; points are `(x, y)` in each image's own
+pixels. Files that cannot be read or decoded are reported by name, counted and skipped.
+"""
+
+import csv
+import glob
+import json
+import math
+import os
+import re
+import sys
+import time
+from concurrent import futures
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from aop_tf import LANDMARK_NAMES
+from aop_tf import serving
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+SAVED_MODEL_FILE = "saved_model.pb"
+TFLITE_FILE = "model.tflite"
+
+
+class TFLiteModel:
+  """Runs `model.tflite` (uint8 [1, H, W, C] in) with the LiteRT interpreter, one image at a time.
+
+  Args:
+    path: the `.tflite` file.
+    num_threads: interpreter threads (None: LiteRT's default).
+  """
+
+  def __init__(self, path, num_threads=None):
+    from ai_edge_litert.interpreter import Interpreter
+    self.path = path
+    self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
+    runner = self._interpreter.get_signature_runner(serving.SERVING_DEFAULT)
+    self._input = runner.get_input_details()["images"]["index"]
+    self._outputs = {k: v["index"] for k, v in runner.get_output_details().items()}
+    missing = set(serving.OUTPUT_KEYS) - set(self._outputs)
+    if missing:
+      raise ValueError(f"{path} lacks outputs {sorted(missing)}; re-export it with "
+                       "`python -m aop_tf.export`.")
+    self._shape = None
+
+  def _run(self, image):
+    image = np.ascontiguousarray(image, np.uint8)[None]
+    if image.shape != self._shape:  # Re-plan only when the image size changes.
+      self._interpreter.resize_tensor_input(self._input, image.shape, strict=True)
+      self._interpreter.allocate_tensors()
+      self._shape = image.shape
+    self._interpreter.set_tensor(self._input, image)
+    self._interpreter.invoke()
+    return {k: self._interpreter.get_tensor(i).copy() for k, i in self._outputs.items()}
+
+  def predict(self, images):
+    """list of uint8 [H, W, C] -> dict of numpy arrays stacked over the list (`OUTPUT_KEYS`)."""
+    parts = [self._run(image) for image in images]
+    return {k: np.concatenate([p[k] for p in parts]) for k in serving.OUTPUT_KEYS}
+
+
+class SavedModelModel:
+  """Runs a SavedModel's `serve_images` signature, one call per run of equal-size images."""
+
+  def __init__(self, path):
+    self.path = path
+    self._loaded = tf.saved_model.load(path)
+    if serving.SERVE_IMAGES not in self._loaded.signatures:
+      raise ValueError(f"{path} has no {serving.SERVE_IMAGES!r} signature (has "
+                       f"{sorted(self._loaded.signatures)}); export it with "
+                       "`python -m aop_tf.export`.")
+    self._fn = self._loaded.signatures[serving.SERVE_IMAGES]
+
+  def predict(self, images):
+    """list of uint8 [H, W, C] -> dict of numpy arrays stacked over the list (`OUTPUT_KEYS`)."""
+    parts = []
+    start = 0
+    while start < len(images):
+      end = start + 1
+      while end < len(images) and images[end].shape == images[start].shape:
+        end += 1
+      out = self._fn(images=tf.constant(np.stack(images[start:end]).astype(np.uint8)))
+      parts.append({k: out[k].numpy() for k in serving.OUTPUT_KEYS})
+      start = end
+    return {k: np.concatenate([p[k] for p in parts]) for k in serving.OUTPUT_KEYS}
+
+
+def load_exported(path, num_threads=None):
+  """A SavedModel folder, an export folder (SavedModel preferred) or a `.tflite` file -> model."""
+  if os.path.isfile(path) and path.endswith(".tflite"):
+    return TFLiteModel(path, num_threads)
+  if os.path.isdir(path):
+    if os.path.exists(os.path.join(path, SAVED_MODEL_FILE)):
+      return SavedModelModel(path)
+    if os.path.exists(os.path.join(path, TFLITE_FILE)):
+      return TFLiteModel(os.path.join(path, TFLITE_FILE), num_threads)
+  raise FileNotFoundError(f"--model={path} is neither a SavedModel folder (with {SAVED_MODEL_FILE})"
+                          " nor a .tflite file; create one with `python -m aop_tf.export`.")
+
+
+def find_inputs(specs):
+  """Expands comma-separated files, folders (recursively, image extensions) and globs.
+
+  Returns:
+    (sorted unique paths, list of specs that matched nothing).
+  """
+  if isinstance(specs, str):
+    specs = [s for s in specs.split(",")]
+  paths, unmatched = [], []
+  for spec in (s.strip() for s in specs):
+    if not spec:
+      continue
+    if os.path.isdir(spec):
+      found = [os.path.join(root, name) for root, _, names in os.walk(spec) for name in names
+               if name.lower().endswith(IMAGE_EXTENSIONS)]
+    elif os.path.isfile(spec):
+      found = [spec]
+    else:
+      found = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+    if not found:
+      unmatched.append(spec)
+    paths.extend(found)
+  return sorted(set(paths)), unmatched
+
+
+def read_image(path):
+  """Reads and decodes one image file -> uint8 [H, W, C], C = 1, 3 or 4 (gray+alpha -> gray).
+
+  Uses `tf.io.decode_image` like the `serving_default` signature, so pixels are identical.
+
+  Raises:
+    ValueError naming the file when it cannot be read or decoded.
+  """
+  try:
+    with open(path, "rb") as f:
+      encoded = f.read()
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+  if not encoded:
+    raise ValueError(f"{path}: empty file")
+  try:
+    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8,
+                               expand_animations=False).numpy()
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+    message = e.message.splitlines()[0] if e.message else type(e).__name__
+    message = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", message)
+    raise ValueError(f"{path}: not a decodable PNG/JPEG/BMP/GIF image ({message})") from None
+  if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+    raise ValueError(f"{path}: decoded to an unusable shape {image.shape}")
+  if image.shape[-1] == 2:
+    image = image[..., :1]
+  return image
+
+
+def _records(paths, out, min_confidence):
+  rows = []
+  for i, path in enumerate(paths):
+    row = {"filename": path}
+    for k, name in enumerate(LANDMARK_NAMES):
+      row[f"{name}_x"] = float(out["landmarks"][i, k, 0])
+      row[f"{name}_y"] = float(out["landmarks"][i, k, 1])
+    row["aop_deg"] = float(out["aop_deg"][i])
+    for k, name in enumerate(LANDMARK_NAMES):
+      row[f"{name}_confidence"] = float(out["confidence"][i, k])
+    lowest = float(np.min(out["confidence"][i]))
+    row["low_confidence"] = bool(lowest < min_confidence or not math.isfinite(row["aop_deg"]))
+    rows.append(row)
+  return rows
+
+
+def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3, progress=True,
+                  on_batch=None):
+  """Predicts every file; unreadable ones are skipped and reported, never abort the run.
+
+  Args:
+    model: `load_exported` result (anything with `predict(list of uint8 [H,W,C]) -> dict`).
+    paths: image file paths.
+    batch_size: images per model call (equal-size runs within a batch go in one call).
+    num_workers: reader/decoder threads.
+    min_confidence: rows whose lowest peak is below this (or whose AoP is undefined) get
+      `low_confidence` True.
+    progress: show a tqdm bar.
+    on_batch: optional `on_batch(paths, images, outputs)` (e.g. overlays).
+
+  Returns:
+    (rows: list of dicts in `paths` order, failures: list of (path, reason)).
+  """
+  rows, failures = [], []
+  batch_size = max(1, int(batch_size))
+  with futures.ThreadPoolExecutor(max(1, int(num_workers))) as pool, \
+      tqdm(total=len(paths), unit="img", desc="predict", disable=not progress,
+           dynamic_ncols=True, file=sys.stdout) as bar:
+    # Decoding runs ahead of the model by two batches.
+    pending = [pool.submit(read_image, p) for p in paths[:2 * batch_size]]
+    next_index = len(pending)
+    for start in range(0, len(paths), batch_size):
+      batch_paths = paths[start:start + batch_size]
+      good_paths, images = [], []
+      for path in batch_paths:
+        job = pending.pop(0)
+        if next_index < len(paths):
+          pending.append(pool.submit(read_image, paths[next_index]))
+          next_index += 1
+        try:
+          images.append(job.result())
+          good_paths.append(path)
+        except ValueError as e:
+          failures.append((path, str(e)))
+          tqdm.write(f"[predict] skipped {e}", file=sys.stderr)
+      if images:
+        ok_paths, ok_images, out = _predict_batch(model, good_paths, images, failures)
+        if ok_paths:
+          rows.extend(_records(ok_paths, out, min_confidence))
+          if on_batch is not None:
+            on_batch(ok_paths, ok_images, out)
+      bar.update(len(batch_paths))
+  return rows, failures
+
+
+def _predict_batch(model, paths, images, failures):
+  """One model call; if it fails, image by image so that only the culprit is skipped."""
+  try:
+    return paths, images, model.predict(images)
+  except Exception:  # pylint: disable=broad-except
+    if len(images) == 1:
+      raise
+  ok_paths, ok_images, parts = [], [], []
+  for path, image in zip(paths, images):
+    try:
+      parts.append(model.predict([image]))
+      ok_paths.append(path)
+      ok_images.append(image)
+    except Exception as e:  # pylint: disable=broad-except
+      reason = f"{path}: the model failed on this {image.shape} image ({type(e).__name__}: {e})"
+      failures.append((path, reason))
+      tqdm.write(f"[predict] skipped {reason}", file=sys.stderr)
+  if not parts:
+    return [], [], None
+  return ok_paths, ok_images, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def write_csv(path, rows):
+  """One row per image: filename, PS1_x, PS1_y, ..., aop_deg, PS1_confidence, ..., low_confidence."""
+  columns = (["filename"] + [f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y")] +
+             ["aop_deg"] + [f"{n}_confidence" for n in LANDMARK_NAMES] + ["low_confidence"])
+  _ensure_parent(path)
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else int(v) if isinstance(v, bool)
+                           else v) for k, v in row.items()})
+
+
+def write_json(path, rows, failures, model_path):
+  """`{"model", "n_images", "n_failed", "failed": [{filename, reason}], "predictions": rows}`."""
+  _ensure_parent(path)
+  clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in row.items()} for row in rows]
+  payload = {"model": model_path, "n_images": len(rows), "n_failed": len(failures),
+             "failed": [{"filename": p, "reason": r} for p, r in failures],
+             "predictions": clean}
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=2)
+    f.write("\n")
+
+
+def _ensure_parent(path):
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+
+
+def overlay_writer(overlay_dir, common_root=None):
+  """`on_batch` callback writing `<overlay_dir>/<relative path>.png` overlays of the predictions."""
+  from aop_tf import visualize
+
+  def name_for(path):
+    rel = (os.path.relpath(os.path.abspath(path), common_root) if common_root
+           else os.path.basename(path))
+    stem = os.path.splitext(rel)[0].replace(os.sep, "__")
+    return os.path.join(overlay_dir, stem + ".png")
+
+  def on_batch(paths, images, out):
+    for i, (path, image) in enumerate(zip(paths, images)):
+      rgb = visualize.overlay(image, pred=out["landmarks"][i], aop_pred=float(out["aop_deg"][i]),
+                              title=os.path.basename(path))
+      visualize.save_png(name_for(path), rgb)
+
+  return on_batch
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "SavedModel folder (saved_models/<name>) or .tflite file.")
+flags.DEFINE_list("inputs", None, "Image files, folders (searched recursively) or globs, "
+                  "comma separated.")
+flags.DEFINE_string("output", None, "Output file (.csv or .json).")
+flags.DEFINE_enum("format", None, ["csv", "json"], "Output format; default from --output's "
+                  "extension (csv otherwise).")
+flags.DEFINE_string("overlay_dir", None, "If set, writes an overlay PNG per image here.")
+flags.DEFINE_float("min_confidence", 0.3, "Rows whose lowest heatmap peak is below this are "
+                   "flagged low_confidence.")
+flags.DEFINE_integer("batch_size", 8, "Images per model call.")
+flags.DEFINE_integer("num_workers", 4, "Threads that read and decode images.")
+flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads (default: LiteRT's).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  for name in ("model", "inputs", "output"):
+    if not FLAGS[name].value:
+      raise app.UsageError(f"--{name} is required.")
+  fmt = FLAGS.format or ("json" if FLAGS.output.lower().endswith(".json") else "csv")
+  paths, unmatched = find_inputs(FLAGS.inputs)
+  for spec in unmatched:
+    print(f"[predict] warning: --inputs entry {spec!r} matched no image file", file=sys.stderr)
+  if not paths:
+    print("[predict] no input images found; check --inputs.", file=sys.stderr)
+    return 1
+  model = load_exported(FLAGS.model, FLAGS.num_threads)
+  on_batch = None
+  if FLAGS.overlay_dir:
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    on_batch = overlay_writer(FLAGS.overlay_dir, root)
+  start = time.perf_counter()
+  rows, failures = predict_files(model, paths, FLAGS.batch_size, FLAGS.num_workers,
+                                 FLAGS.min_confidence, on_batch=on_batch)
+  seconds = time.perf_counter() - start
+  if fmt == "json":
+    write_json(FLAGS.output, rows, failures, FLAGS.model)
+  else:
+    write_csv(FLAGS.output, rows)
+  n_low = sum(row["low_confidence"] for row in rows)
+  print(f"[predict] {len(rows)} images -> {FLAGS.output} in {seconds:.1f} s "
+        f"({len(rows) / max(seconds, 1e-9):.1f} img/s); {n_low} low confidence "
+        f"(< {FLAGS.min_confidence}); {len(failures)} skipped")
+  for path, reason in failures:
+    print(f"[predict]   skipped: {reason}", file=sys.stderr)
+  if FLAGS.overlay_dir:
+    print(f"[predict] overlays in {os.path.abspath(FLAGS.overlay_dir)}")
+  return 0 if rows else 1
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,224 @@
+"""Serving signatures: thin input adapters around the landmark model and the shared decoder.
+
+The model does not know how it is served. Each adapter turns one kind of raw input into the
+model's input (`data.preprocess_image`, the one resize), runs the model, and decodes with
+`heatmap.decode_landmarks` (the one decoder), so every export returns, per image:
+
+  landmarks   float32 [B, 3, 2]  `(x, y)` in pixels of that input image, order PS1, PS2, FH1
+  aop_deg     float32 [B]        Angle of Progression, degrees (NaN where degenerate)
+  confidence  float32 [B, 3]     heatmap peak heights
+  heatmaps    float32 [B, R, R, 3]
+
+Signatures (`SIGNATURES`): `serving_default` takes `images`, tf.string [B] encoded PNG/JPEG/BMP/GIF
+bytes of any size, gray or colour (what TF Serving's REST `{"b64": ...}` delivers); `serve_images`
+takes `images`, uint8 [B, H, W, C] (C = 1..4) of one size. The TFLite graph (`tflite_fn`) takes `images`, uint8 [1, H, W, C] of any size; it resizes with
+`preprocess_image_tflite`, the same antialiased bilinear resize written with matrix products,
+because TF's `ScaleAndTranslate` kernel has no TFLite builtin.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from aop_tf import NUM_LANDMARKS
+from aop_tf import data
+from aop_tf import heatmap
+
+SERVING_DEFAULT = "serving_default"
+SERVE_IMAGES = "serve_images"
+SIGNATURES = (SERVING_DEFAULT, SERVE_IMAGES)
+OUTPUT_KEYS = ("landmarks", "aop_deg", "confidence", "heatmaps")
+
+
+def serving_params(config):
+  """The settings the adapters need, from a training directory's `config.json` dict.
+
+  Returns:
+    dict with `input_size`, `input_channels`, `heatmap_size` (ints), `decode_method` (str) and
+    `blur_sigma_cells` (float).
+  """
+  pipeline = config.get("pipeline", {})
+  model_kwargs = config.get("model", {})
+  decode = config.get("decode", {})
+  params = {}
+  for key in ("input_size", "input_channels", "heatmap_size"):
+    value = pipeline.get(key, model_kwargs.get(key))
+    if value is None:
+      raise KeyError(f"config.json has no pipeline.{key} (nor model.{key}); re-create it with "
+                     "`python -m aop_tf.train` or add the key by hand.")
+    params[key] = int(value)
+  params["decode_method"] = str(decode.get("method", "dark"))
+  params["blur_sigma_cells"] = float(decode.get("blur_sigma_cells", 0.0))
+  if params["decode_method"] not in heatmap.DECODE_METHODS:
+    raise ValueError(f"config.json decode.method {params['decode_method']!r} is not one of "
+                     f"{heatmap.DECODE_METHODS}.")
+  return params
+
+
+def _heatmaps_of(outputs):
+  return outputs["heatmaps"] if isinstance(outputs, dict) else outputs
+
+
+def run_and_decode(model, images, size_px, params):
+  """Model + shared decoder on preprocessed images.
+
+  Args:
+    model: the Keras landmark model.
+    images: float32 [B, S, S, C] 0..255 (`data.preprocess_image` output).
+    size_px: float32 [B, 2] `(width, height)` of each original image, pixels.
+    params: `serving_params` dict.
+
+  Returns:
+    dict of `OUTPUT_KEYS` (see the module docstring).
+  """
+  maps = tf.cast(_heatmaps_of(model(images, training=False)), tf.float32)
+  landmarks, aop, confidence = heatmap.decode_landmarks(
+      maps, size_px, params["decode_method"], params["blur_sigma_cells"])
+  return {"landmarks": landmarks, "aop_deg": aop, "confidence": confidence, "heatmaps": maps}
+
+
+def _size_px(image):
+  """`(width, height)` float32 [2] of an [H, W, C] image."""
+  shape = tf.shape(image)
+  return tf.cast(tf.stack([shape[1], shape[0]]), tf.float32)
+
+
+def images_fn(model, params):
+  """`serve_images` adapter: uint8 [B, H, W, C] (one size, C = 1..4) -> outputs dict."""
+  size, channels = params["input_size"], params["input_channels"]
+
+  def serve_images(images):
+    prepared = data.preprocess_image(images, size, channels)
+    shape = tf.shape(images)
+    size_px = tf.cast(tf.stack([shape[2], shape[1]]), tf.float32)
+    size_px = tf.tile(size_px[None], [shape[0], 1])
+    return run_and_decode(model, prepared, size_px, params)
+
+  return serve_images
+
+
+def encoded_fn(model, params):
+  """`serving_default` adapter: tf.string [B] encoded images (any sizes, C = 1..4) -> outputs."""
+  size, channels = params["input_size"], params["input_channels"]
+
+  def decode_one(encoded):
+    # Sizes differ from image to image, so decode and resize one at a time.
+    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8, expand_animations=False)
+    return data.preprocess_image(image, size, channels), _size_px(image)
+
+  def serving_default(images):
+    prepared, size_px = tf.map_fn(
+        decode_one, images,
+        fn_output_signature=(tf.TensorSpec([size, size, channels], tf.float32),
+                             tf.TensorSpec([2], tf.float32)))
+    return run_and_decode(model, prepared, size_px, params)
+
+  return serving_default
+
+
+def resize_matrix(in_size, out_size):
+  """Weights [out_size, in_size] of the antialiased bilinear (triangle) resize along one axis.
+
+  The same weights as `tf.image.resize(..., antialias=True)` (TF's ScaleAndTranslate, half-pixel
+  centres): output cell `j` samples `(j + 0.5) * in / out` with a triangle kernel widened by the
+  downscale factor, normalised over the taps inside the image.
+
+  Args:
+    in_size: int32 scalar tensor, input length, pixels.
+    out_size: python int, output length.
+  """
+  in_f = tf.cast(in_size, tf.float32)
+  inv_scale = in_f / float(out_size)
+  kernel_scale = tf.maximum(inv_scale, 1.0)
+  sample = (tf.range(out_size, dtype=tf.float32) + 0.5) * inv_scale
+  centres = tf.range(in_f, dtype=tf.float32) + 0.5
+  weights = tf.nn.relu(1.0 - tf.abs(centres[None, :] - sample[:, None]) / kernel_scale)
+  return weights / tf.reduce_sum(weights, axis=1, keepdims=True)
+
+
+def preprocess_image_tflite(image, input_size, input_channels):
+  """`data.preprocess_image` of one image [1, H, W, C] (C = 1..4) in TFLite builtin ops only.
+
+  The same steps in the same order: the antialiased bilinear resize (here as two matrix products
+  with `resize_matrix`), then `data.convert_channels` (its run-time-channels branch).
+
+  Args:
+    image: uint8 [1, H, W, C], any H, W.
+    input_size, input_channels: the model's S and C.
+
+  Returns:
+    float32 [1, S, S, input_channels] in 0..255.
+  """
+  shape = tf.shape(image)
+  x = tf.transpose(tf.cast(image[0], tf.float32), [2, 0, 1])  # [C, H, W]
+  rows = resize_matrix(shape[1], input_size)
+  cols = resize_matrix(shape[2], input_size)
+  x = tf.matmul(tf.matmul(rows[None], x), cols[None], transpose_b=True)  # [C, S, S]
+  x = tf.transpose(x, [1, 2, 0])
+  return data.convert_channels(x, input_channels)[None]
+
+
+def tflite_fn(model, params):
+  """TFLite adapter: uint8 [1, H, W, C] (any size, C = 1..4) -> outputs dict (batch 1)."""
+  size, channels = params["input_size"], params["input_channels"]
+
+  def serve_tflite(images):
+    prepared = preprocess_image_tflite(images, size, channels)
+    shape = tf.shape(images)
+    size_px = tf.cast(tf.stack([shape[2], shape[1]]), tf.float32)[None]
+    return run_and_decode(model, prepared, size_px, params)
+
+  return serve_tflite
+
+
+def input_specs(params):
+  """Input signatures: dict endpoint name -> [tf.TensorSpec] (the `images` input)."""
+  del params  # The inputs accept any size and channel count; the adapters convert.
+  return {
+      SERVING_DEFAULT: [tf.TensorSpec([None], tf.string, name="images")],
+      SERVE_IMAGES: [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")],
+  }
+
+
+TFLITE_SPEC = [tf.TensorSpec([1, None, None, None], tf.uint8, name="images")]
+
+
+def serving_archive(model, config):
+  """A `keras.export.ExportArchive` with the `serving_default` and `serve_images` endpoints.
+
+  Args:
+    model: the Keras landmark model (input float32 [B, S, S, C] 0..255, output `heatmaps`).
+    config: the training directory's `config.json` dict.
+
+  Returns:
+    The archive; `archive.write_out(path)` writes the SavedModel.
+  """
+  params = serving_params(config)
+  specs = input_specs(params)
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint(SERVING_DEFAULT, encoded_fn(model, params), specs[SERVING_DEFAULT])
+  archive.add_endpoint(SERVE_IMAGES, images_fn(model, params), specs[SERVE_IMAGES])
+  return archive
+
+
+def tflite_archive(model, config):
+  """An archive whose only (`serving_default`) endpoint is the TFLite graph, for the converter."""
+  params = serving_params(config)
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint(SERVING_DEFAULT, tflite_fn(model, params), TFLITE_SPEC)
+  return archive
+
+
+def check_outputs(outputs, batch):
+  """Raises ValueError unless `outputs` has every key with the documented batch shapes."""
+  for key in OUTPUT_KEYS:
+    if key not in outputs:
+      raise ValueError(f"Serving output lacks {key!r}; has {sorted(outputs)}.")
+  expected = {"landmarks": (batch, NUM_LANDMARKS, 2), "aop_deg": (batch,),
+              "confidence": (batch, NUM_LANDMARKS)}
+  for key, shape in expected.items():
+    got = tuple(np.shape(outputs[key]))
+    if got != shape:
+      raise ValueError(f"Serving output {key!r} has shape {got}; expected {shape}.")
