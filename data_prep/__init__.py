@@ -34,8 +34,10 @@ class Record:
     image: uint8 [H, W] gray, original size.
     landmarks: float32 [3, 2] `(x, y)` original pixels, order PS1, PS2, FH1.
     mask: uint8 [H, W] labels (0 bg, 1 pubic symphysis, 2 fetal head), or None.
+    where: where it came from, for messages (e.g. "train.csv line 7").
   """
   filename: str
   image: np.ndarray
   landmarks: np.ndarray
   mask: typing.Optional[np.ndarray] = None
+  where: str = ""

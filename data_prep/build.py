@@ -190,18 +190,32 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
         if strict:
           raise item
         tally.skip(split, item)
-      else:
-        records.append(item)
+      else:  # encoded now (PNG bytes) so raw pixels are not held for a whole split
+        records.append((item.where or item.filename, item.landmarks,
+                        tfds_builder.encode_record(item, np.nan)))
       if tally.read[split] % every == 0 or tally.read[split] == total:
         _log(verbose, f"[{source}/{split}] {tally.read[split]}/{total} rows read, "
              f"{len(records)} ok, {sum(tally.skipped[split].values())} skipped "
              f"({time.time() - split_start:.1f} s)")
+    if records:
+      # One vectorised AoP per split; NaN = coincident points, refused like any bad input.
+      aops = geometry.aop_deg(np.stack([landmarks for _, landmarks, _ in records])).numpy()
+      kept = []
+      for (where, landmarks, example), aop in zip(records, aops):
+        if np.isnan(aop):
+          error = InputError(f"{where}: PS1 coincides with PS2 or FH1 {landmarks.tolist()}; the "
+                             "AoP is undefined", "degenerate landmarks")
+          if strict:
+            raise error
+          tally.skip(split, error)
+        else:
+          example["aop_deg"] = np.float32(aop)
+          kept.append(example)
+      records = kept
     if not records:
       _log(verbose, f"[{source}/{split}] no usable examples; split left out")
       continue
-    landmarks = np.stack([r.landmarks for r in records]).astype(np.float32)
-    aops = geometry.aop_deg(landmarks).numpy()
-    examples_by_split[split] = [tfds_builder.encode_record(r, a) for r, a in zip(records, aops)]
+    examples_by_split[split] = records
     tally.written[split] = len(records)
 
   if not examples_by_split:

@@ -8,7 +8,9 @@ import math
 import re
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
-_POINT_RE = re.compile(r"^\s*\(\s*(" + _NUMBER + r")\s*,\s*(" + _NUMBER + r")\s*\)\s*$")
+# ASCII only: `\d` would otherwise accept e.g. Arabic-Indic digits, which float() converts.
+_POINT_RE = re.compile(
+    r"\s*\(\s*(" + _NUMBER + r")\s*,\s*(" + _NUMBER + r")\s*\)\s*", re.ASCII)
 
 
 class PointError(ValueError):
@@ -31,7 +33,7 @@ def parse_point(text, where=""):
   prefix = f"{where}: " if where else ""
   if not isinstance(text, str):
     raise PointError(f"{prefix}expected a point string like \"(12.5, 40)\", got {text!r}")
-  match = _POINT_RE.match(text)
+  match = _POINT_RE.fullmatch(text)
   if match is None:
     raise PointError(f"{prefix}malformed point {text!r}; expected \"(x, y)\" with two finite "
                      "numbers, e.g. \"(12.5, 40)\"")

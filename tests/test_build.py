@@ -98,3 +98,45 @@ def test_cli_loads_without_data_prep(tmp_path):
   assert load.stdout.strip() == "3"
   summary = json.loads((tmp_path / "out" / "aop_landmarks" / "1.0.0" / "metadata.json").read_text())
   assert summary["splits"]["train"]["written"] == 3
+
+
+PSFHS = build.default_psfhs_dir()
+needs_psfhs = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(PSFHS, "train.csv")),
+    reason=f"PSFHS data not found at {PSFHS} (set AOP_PSFHS_DIR)")
+
+
+def _by_filename(target, split):
+  builder = tfds.builder_from_directory(target)
+  return {ex["filename"].decode(): ex for ex in builder.as_dataset(split=split).as_numpy_iterator()}
+
+
+@needs_psfhs
+def test_psfhs_csv_and_masks_agree_on_subset(tmp_path):
+  from_csv = build.build_dataset("csv", out_dir=str(tmp_path / "csv"), limit=6, verbose=False)
+  from_masks = build.build_dataset("masks", out_dir=str(tmp_path / "masks"), limit=6,
+                                   verbose=False)
+  for split in ("train", "val"):
+    a, b = _by_filename(from_csv, split), _by_filename(from_masks, split)
+    assert list(a) == list(b) and len(a) == 6
+    for name in a:
+      np.testing.assert_array_equal(a[name]["landmarks"], b[name]["landmarks"])
+      np.testing.assert_array_equal(a[name]["image"], b[name]["image"])
+      assert not a[name]["has_mask"] and b[name]["has_mask"]
+
+
+@pytest.mark.slow
+@needs_psfhs
+def test_psfhs_full_csv_and_masks_builds(tmp_path):
+  """All of PSFHS: 838 train / 200 val from both sources, identical landmarks and images."""
+  from_csv = build.build_dataset("csv", out_dir=str(tmp_path / "csv"), strict=True,
+                                 verbose=False)
+  from_masks = build.build_dataset("masks", out_dir=str(tmp_path / "masks"), strict=True,
+                                   verbose=False)
+  for split, count in (("train", 838), ("val", 200)):
+    a, b = _by_filename(from_csv, split), _by_filename(from_masks, split)
+    assert len(a) == count and list(a) == list(b)
+    for name in a:
+      np.testing.assert_array_equal(a[name]["landmarks"], b[name]["landmarks"])
+      np.testing.assert_array_equal(a[name]["image"], b[name]["image"])
+      assert a[name]["aop_deg"] == b[name]["aop_deg"]
