@@ -24,6 +24,18 @@ def data_dir(tmp_path_factory):
   return _build_phantom(tmp_path_factory.mktemp("phantom_ds"))
 
 
+@pytest.fixture(scope="module")
+def psfhs_dir(tmp_path_factory):
+  """A small PSFHS dataset (first rows of each split) built with the csv source."""
+  from data_prep import build
+  raw = build.default_psfhs_dir()
+  if not os.path.exists(os.path.join(raw, "val.csv")):
+    pytest.skip(f"PSFHS data not found at {raw} (set AOP_PSFHS_DIR to the folder with val.csv)")
+  out = tmp_path_factory.mktemp("psfhs_ds")
+  return raw, build.build_dataset("csv", data_dir=raw, out_dir=str(out),
+                                  limit={"train": 16, "val": 12}, verbose=False)
+
+
 def _batches(ds, n):
   return [{k: v.numpy() for k, v in b.items()} for b in ds.take(n)]
 
@@ -264,3 +276,25 @@ def test_too_small_split_for_a_batch(data_dir):
   cfg = data.PipelineConfig(input_size=32, heatmap_size=8, batch_size=N_TRAIN + 1)
   with pytest.raises(ValueError, match="fewer than one batch"):
     data.make_dataset(data_dir, "train", cfg, training=True)
+
+
+def test_psfhs_images_and_targets_match_the_source_files(psfhs_dir):
+  import csv
+
+  import cv2
+  raw, dataset_dir = psfhs_dir
+  with open(os.path.join(raw, "val.csv")) as f:
+    rows = {r["Filename"]: r for r in csv.DictReader(f)}
+  cfg = data.PipelineConfig(input_size=128, heatmap_size=64, batch_size=12)
+  b = _batches(data.make_dataset(dataset_dir, "val", cfg, training=False), 1)[0]
+  assert len(b["filename"]) == 12
+  for i, name in enumerate(b["filename"]):
+    name = name.decode()
+    image = cv2.imread(os.path.join(raw, "images", name), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(b["image"][i], data.preprocess_image(image[..., None], 128, 1))
+    points = [[float(v) for v in rows[name][k].strip("()").split(",")] for k in ("PS1", "PS2",
+                                                                                "FH1")]
+    np.testing.assert_allclose(b["landmarks"][i], points, atol=1e-4)
+    np.testing.assert_array_equal(b["size_px"][i], [image.shape[1], image.shape[0]])
+  landmarks, _, _ = heatmap.decode_landmarks(b["heatmaps"], b["size_px"], "dark")
+  np.testing.assert_allclose(landmarks, b["landmarks"], atol=0.05)
