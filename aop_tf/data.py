@@ -45,8 +45,10 @@ class PipelineConfig:
     batch_size: examples per batch.
     augment: `AugmentConfig`, or None for no augmentation (the paper).
     with_mask: also yield `mask` (int32 [B, R, R], nearest) and `has_mask`.
-    cache: True caches decoded, resized images in memory (before augmentation); a string caches
-      to that file prefix; False re-decodes every epoch.
+    cache: True caches decoded, resized images in memory (before augmentation; float32 in the
+      source's channels, 4 * S * S bytes per gray image: 220 MB for PSFHS train at 256, 880 MB at
+      512); a string caches to that file prefix; False re-decodes every epoch. Training also
+      stacks one shuffle block (the whole split by default) per epoch.
     shuffle_buffer: 0 shuffles the whole split each epoch (a uniform permutation); n > 0 shuffles
       within consecutive blocks of n examples (less memory, weaker mixing).
     seed: seed of the shuffle order and the augmentation.
