@@ -7,7 +7,7 @@ gray, RGB, RGBA or 16-bit; they are stored as 8-bit gray at their original size.
 
 Every refused row becomes an `InputError` naming the CSV, line, column and value: malformed or
 out-of-image points, missing or unreadable images, file names that escape the image folder
-(`../`, absolute paths, symlinks resolving outside) and duplicates (the first occurrence wins).
+(`../`, absolute paths, symlinks resolving outside) and duplicates (the first accepted row wins).
 """
 
 import collections
@@ -185,8 +185,9 @@ def iter_records(rows, image_dir, seen, split):
   Args:
     rows: `Row`s from `read_rows`.
     image_dir: folder the Filename column is relative to.
-    seen: dict {normalised filename: "split (csv line n)"} shared by all splits of one build; a
-      file already in it (same or earlier split) is refused as a duplicate.
+    seen: dict {normalised filename: "split (csv line n)"} of accepted files, shared by all
+      splits of one build; a file already in it (same or earlier split) is refused as a
+      duplicate.
     split: the split name, for the duplicate message.
   """
   for row in rows:
@@ -195,9 +196,11 @@ def iter_records(rows, image_dir, seen, split):
       yield InputError(f"{row.csv_path} line {row.line}: duplicate Filename {row.filename!r}, "
                        f"already used by {seen[key]}; skipped", "duplicate filename")
       continue
-    if key:
-      seen[key] = f"{split} ({os.path.basename(row.csv_path)} line {row.line})"
     try:
-      yield _row_record(row, image_dir)
+      record = _row_record(row, image_dir)
     except InputError as e:
       yield e
+      continue
+    # Only accepted rows claim a file name: a later row may still fix a refused one.
+    seen[key] = f"{split} ({os.path.basename(row.csv_path)} line {row.line})"
+    yield record

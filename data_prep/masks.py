@@ -10,6 +10,7 @@ import os
 
 import cv2
 import numpy as np
+import tensorflow as tf
 
 from aop_tf import geometry
 from data_prep import SPLITS, InputError, Record, csv_source, images
@@ -20,6 +21,12 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Above this many contour points the farthest pair is searched on the convex hull only (same
 # distance; among exactly tied pairs the choice may then differ).
 _MAX_DENSE_POINTS = 3000
+
+
+# geometry.angle_deg as one graph call per mask (eager dispatch of its ~20 ops dominated the time).
+_contour_angles = tf.function(geometry.angle_deg, input_signature=[
+    tf.TensorSpec([1, 2], tf.float32), tf.TensorSpec([1, 2], tf.float32),
+    tf.TensorSpec([None, 2], tf.float32)])
 
 
 def _largest_contour(binary):
@@ -77,8 +84,8 @@ def landmarks_from_mask(mask, where="mask"):
     ps1, ps2 = b, a
   if np.array_equal(ps1, ps2):
     raise InputError(f"{where}: pubic symphysis is a single pixel; PS1 = PS2", "mask rule")
-  angles = geometry.angle_deg(ps1[None].astype(np.float32), ps2[None].astype(np.float32),
-                              head.astype(np.float32)).numpy()
+  angles = _contour_angles(ps1[None].astype(np.float32), ps2[None].astype(np.float32),
+                           head.astype(np.float32)).numpy()
   angles = np.where(np.isnan(angles), -1.0, angles)  # q == PS1 (head touching PS1) never wins
   best = np.flatnonzero(angles == angles.max())
   d2 = np.sum((head[best] - ps1) ** 2, axis=-1)
@@ -172,7 +179,8 @@ def iter_records(data_dir, rows, seen, split):
   Args:
     data_dir: folder with `images/` and `masks/`.
     rows: `csv_source.Row`s from `split_filenames` (only `filename`, `csv_path`, `line` used).
-    seen: {filename: "split (...)"} shared across splits; duplicates are refused.
+    seen: {filename: "split (...)"} of accepted files, shared across splits;
+      duplicates are refused.
     split: the split name, for messages.
   """
   for row in rows:
@@ -181,9 +189,11 @@ def iter_records(data_dir, rows, seen, split):
       yield InputError(f"{row.csv_path} line {row.line}: duplicate Filename {key!r}, already "
                        f"used by {seen[key]}; skipped", "duplicate filename")
       continue
-    if key:
-      seen[key] = f"{split} ({os.path.basename(row.csv_path)} line {row.line})"
     try:
-      yield _record(row, data_dir)
+      record = _record(row, data_dir)
     except InputError as e:
       yield e
+      continue
+    # Only accepted rows claim a file name: a later row may still fix a refused one.
+    seen[key] = f"{split} ({os.path.basename(row.csv_path)} line {row.line})"
+    yield record

@@ -160,3 +160,14 @@ def test_degenerate_rows_are_skipped(tmp_path):
   assert meta["splits"]["train"] == {"read": 2, "written": 1,
                                      "skipped": {"degenerate landmarks": 1}}
   assert "line 2" in meta["skipped_inputs"][0]["message"]
+
+
+def test_duplicate_of_a_refused_row_is_used(tmp_path):
+  _write(tmp_path / "a.png", cv2.imencode(".png", _gradient())[1].tobytes())
+  (tmp_path / "train.csv").write_text(
+      'Filename,PS1,PS2,FH1\na.png,"(5, )","(1, 5)","(9, 3)"\na.png,"(5, 5)","(1, 5)","(9, 3)"\n'
+      'a.png,"(5, 5)","(1, 5)","(9, 3)"\n')
+  items = list(csv_source.iter_records(csv_source.read_rows(str(tmp_path / "train.csv")),
+                                       str(tmp_path), {}, "train"))
+  assert [getattr(i, "reason", "ok") for i in items] == ["bad point", "ok", "duplicate filename"]
+  assert "already used by train (train.csv line 3)" in str(items[2])
