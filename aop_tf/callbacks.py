@@ -1,6 +1,6 @@
-"""Keras callbacks of the training loop: schedule, stop requests, validation, TensorBoard, checkpoints.
+"""Keras callbacks of training: LR schedule, stop requests, validation, TensorBoard, checkpoints.
 
-Order matters and `train.py` keeps it: `LearningRateSchedule`, `StopGuard` (signals, NaN loss),
+Order matters and `train.py` keeps it: `LearningRateUpdater`, `StopGuard` (signals, NaN loss),
 then per epoch `Validation` (adds `val_*` to the epoch logs), `TensorBoardLogger`, and
 `Checkpointer` last (saves, and stops on the time budget). They share one `RunStatus`. An epoch cut
 short by a signal or a NaN loss is not "complete": nothing is validated or saved for it, so
@@ -107,7 +107,7 @@ class RunStatus:
     return self.batches >= self.steps_per_epoch and self.stop_reason != "nan"
 
 
-class LearningRateSchedule(keras.callbacks.Callback):
+class LearningRateUpdater(keras.callbacks.Callback):
   """Sets the optimizer's learning rate before every step from `learning_rate_at`.
 
   Computed from the optimizer's iteration counter, so a resumed run continues the schedule. The
@@ -233,9 +233,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
   Scalars: `loss/train`, `loss/val` (and per-output losses), `learning_rate`,
   `val_mre_px/<landmark|mean>`, `val_mre_512/...`, `val_aop_error_deg/{mean,median,p90}`,
-  `epoch_seconds`, `train_images_per_s`. Images (validation epochs): `val/overlay` (ground truth
-  green, prediction orange, with the AoP arcs) and `val/heatmaps` (image | PS1 | PS2 | FH1, the
-  paper's Figure 3) for a fixed set of validation images.
+  `epoch_seconds` (training steps, without validation), `train_images_per_s`. Images (validation
+  epochs): `val/overlay` (ground truth green, prediction orange, with the AoP arcs) and
+  `val/heatmaps` (image | PS1 | PS2 | FH1, the paper's Figure 3) for a fixed set of validation
+  images.
 
   Args:
     status: the shared `RunStatus`.
@@ -258,7 +259,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
     self.heatmap_scale = heatmap_scale
     self.images_per_epoch = images_per_epoch
     self.writer = None
-    self._epoch_start = 0.0
+    self._epoch_start = self._last_step_end = 0.0
 
   def on_train_begin(self, logs=None):
     self.writer = tf.summary.create_file_writer(self.log_dir)
@@ -268,13 +269,16 @@ class TensorBoardLogger(keras.callbacks.Callback):
       self.writer.close()
 
   def on_epoch_begin(self, epoch, logs=None):
-    self._epoch_start = time.monotonic()
+    self._epoch_start = self._last_step_end = time.monotonic()
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._last_step_end = time.monotonic()
 
   def on_epoch_end(self, epoch, logs=None):
     if not self.status.epoch_complete():
       return
     logs = logs or {}
-    seconds = time.monotonic() - self._epoch_start
+    seconds = self._last_step_end - self._epoch_start  # training steps only, not validation
     step = epoch + 1
     with self.writer.as_default(step=step):
       for name, value in logs.items():

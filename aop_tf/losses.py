@@ -1,8 +1,8 @@
 """Training losses: heatmap regression (MSE and variants) and the optional segmentation loss.
 
-Heatmap targets from the pipeline are unit-peak Gaussians, float32 [B, R, R, 3]; every heatmap loss
-multiplies them by `heatmap_scale` first (a larger amplitude gives the foreground more weight against
-the mostly-zero background; decoding is scale invariant). Each loss returns one value per example,
+Heatmap targets from the pipeline are unit-peak Gaussians, float32 [B, R, R, 3]; every heatmap
+loss multiplies them by `heatmap_scale` first (a larger amplitude gives the foreground more weight
+against the mostly-zero background; decoding is scale invariant). Each loss returns one value per example,
 the mean over cells and landmarks, which Keras then averages over the batch: `mse` with scale 1 is
 exactly the paper's (PyTorch `MSELoss`, mean over all elements).
 

@@ -264,30 +264,28 @@ def _keras_pair(with_seg):
   return fn
 
 
-def _tb_batch(val_ds, count):
-  """The first `count` validation examples as numpy arrays (fixed pictures for TensorBoard)."""
-  if count <= 0 or val_ds is None:
+def _tb_batch(data_dir, split, pipeline, count):
+  """The first `count` examples of `split` as numpy arrays (the fixed TensorBoard pictures).
+
+  Read through their own uncached pipeline: a partly read `cache()` would be thrown away.
+  """
+  if count <= 0 or not split:
     return None
-  parts = {"image": [], "landmarks": [], "size_px": []}
-  taken = 0
-  for batch in val_ds:
-    for key in parts:
-      parts[key].append(np.asarray(batch[key], np.float32))
-    taken += len(parts["image"][-1])
-    if taken >= count:
-      break
-  if not taken:
-    return None
-  return {key: np.concatenate(values)[:count] for key, values in parts.items()}
+  small = dataclasses.replace(pipeline, batch_size=count, cache=False, with_mask=False)
+  for batch in data.make_dataset(data_dir, split, small, training=False).take(1):
+    return {key: np.asarray(batch[key], np.float32) for key in ("image", "landmarks", "size_px")}
+  return None
 
 
 # --------------------------------------------------------------------------------------------
 # Model.
 
 
-def build_compiled_model(config, steps_per_epoch=None):
-  """The U-Net of `config`, compiled with its loss(es) and optimizer."""
-  del steps_per_epoch  # The learning rate is set per step by callbacks.LearningRateSchedule.
+def build_compiled_model(config):
+  """The U-Net of `config`, compiled with its loss(es) and optimizer.
+
+  The learning rate is set before every step by `callbacks.LearningRateUpdater`.
+  """
   model = model_lib.build_unet(**model_kwargs(config))
   loss = {"heatmaps": losses.heatmap_loss(config.loss, config.heatmap_scale,
                                           config.foreground_weight)}
@@ -372,6 +370,12 @@ def train(config, extra_callbacks=()):
     raise ConfigError(f"--train_split={config.train_split!r} in {data_dir} is empty.")
   # Training epochs are whole batches only (data.make_dataset drops the remainder of each epoch so
   # that batches never straddle two epochs and resumption is exact).
+  if config.val_split:
+    try:
+      data.num_examples(data_dir, config.val_split)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+      raise ConfigError(f"--val_split={config.val_split!r} in {data_dir}: {e} (pass "
+                        "--val_split= to train without validation).") from None
   full_steps = n_train // config.batch_size
   if full_steps < 1:
     raise ConfigError(f"--train_split={config.train_split!r} of {data_dir} has {n_train} examples, "
@@ -401,11 +405,6 @@ def train(config, extra_callbacks=()):
                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
   val_ds = val_keras = None
   if config.val_split:
-    try:
-      data.num_examples(data_dir, config.val_split)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-      raise ConfigError(f"--val_split={config.val_split!r} in {data_dir}: {e} (pass "
-                        "--val_split= to train without validation).") from None
     val_ds = data.make_dataset(data_dir, config.val_split, pipeline, training=False)
     val_keras = val_ds.map(_keras_pair(config.seg_classes > 0))
 
@@ -415,7 +414,7 @@ def train(config, extra_callbacks=()):
   guard = callbacks_lib.StopGuard(status)
   callbacks = [
       *extra_callbacks,
-      callbacks_lib.LearningRateSchedule(
+      callbacks_lib.LearningRateUpdater(
           steps_per_epoch, base_lr=config.learning_rate, schedule=config.lr_schedule,
           epochs=config.epochs, step_epochs=config.lr_step_epochs,
           step_factor=config.lr_step_factor, warmup_epochs=config.warmup_epochs),
@@ -423,7 +422,8 @@ def train(config, extra_callbacks=()):
       callbacks_lib.Validation(status, val_ds, val_keras, config.decode_method,
                                config.decode_blur_sigma, config.val_every, config.epochs),
       callbacks_lib.TensorBoardLogger(
-          status, os.path.join(model_dir, "logs"), _tb_batch(val_ds, config.num_tb_images),
+          status, os.path.join(model_dir, "logs"),
+          _tb_batch(data_dir, config.val_split, pipeline, config.num_tb_images),
           config.decode_method, config.decode_blur_sigma, config.heatmap_scale,
           steps_per_epoch * config.batch_size),
       callbacks_lib.Checkpointer(status, model_dir, config.checkpoint_every, state),
@@ -551,7 +551,8 @@ def config_from_flags(flag_values=flags.FLAGS):
       try:
         value = tuple(float(v) for v in value)
       except ValueError:
-        raise ConfigError(f"--aug_{field.name}={','.join(value)}: expected numbers min,max.") from None
+        raise ConfigError(f"--aug_{field.name}={','.join(value)}: expected numbers min,max."
+                          ) from None
       if len(value) != 2:
         raise ConfigError(f"--aug_{field.name}={','.join(map(str, value))}: expected min,max.")
     aug[field.name] = value
@@ -598,6 +599,10 @@ def main(argv):
   except (ConfigError, TrainingDiverged) as e:
     print(f"train: error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:
+    print("train: aborted (second Ctrl-C); latest.keras holds the last complete epoch.",
+          file=sys.stderr)
+    sys.exit(130)
   where = f"{result.model_dir} (latest.keras: epoch {result.epochs_done})"
   if result.stop_reason == "signal":
     print(f"Stopped by {result.signal_name}; {where}. Run the same command to resume.")
