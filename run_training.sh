@@ -7,7 +7,7 @@
 #   ./run_training.sh --psfhs [DIR]       PSFHS (masks source) with aop_tf/configs/cpu.cfg;
 #                                         DIR defaults to $AOP_PSFHS_DIR or ../shared/data/psfhs
 #   ./run_training.sh --iugc DIR          IUGC 2025 layout (csv source: images + train/val CSVs)
-# Options (after the dataset choice):
+# Options:
 #   --flagfile FILE    training flagfile (default as above); its name names the run
 #   --name NAME        run name: runs/NAME, saved_models/NAME (default <config>_<dataset>)
 #   --rebuild          rebuild the dataset even if data/<dataset> already holds one
@@ -17,7 +17,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
+usage() {  # prints the comment block above
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit "${1:-0}"
+}
 die() { echo "run_training.sh: error: $*" >&2; exit 2; }
 step() { printf '\n==== %s ====\n' "$*"; }
 
@@ -54,7 +57,8 @@ case "$DATASET" in
     DEFAULT_FLAGFILE=aop_tf/configs/smoke.cfg ;;
   psfhs)
     SOURCE_DIR=${SOURCE_DIR:-${AOP_PSFHS_DIR:-$ROOT/../shared/data/psfhs}}
-    [[ -d "$SOURCE_DIR" ]] || die "PSFHS folder $SOURCE_DIR not found; pass --psfhs DIR or set AOP_PSFHS_DIR"
+    [[ -d "$SOURCE_DIR" ]] ||
+      die "PSFHS folder $SOURCE_DIR not found; pass --psfhs DIR or set AOP_PSFHS_DIR"
     DATA_OUT=data/psfhs
     BUILD_ARGS=(--source=masks --data_dir="$SOURCE_DIR" --out_dir="$DATA_OUT")
     DEFAULT_FLAGFILE=aop_tf/configs/cpu.cfg ;;
@@ -76,7 +80,8 @@ START=$SECONDS
 
 step "1/6 Python environment (.venv)"
 PY=${PYTHON:-python3}
-if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c "import aop_tf, data_prep, tensorflow, keras, tensorflow_datasets, ai_edge_litert" 2>/dev/null; then
+NEEDED="import aop_tf, data_prep, tensorflow, keras, tensorflow_datasets, ai_edge_litert"
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c "$NEEDED" 2>/dev/null; then
   echo "Setting up .venv (first run only; needs the network)..."
   "$PY" -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
@@ -87,7 +92,8 @@ fi
 VPY=.venv/bin/python
 
 step "2/6 Dataset: $DATASET -> $DATA_OUT"
-if [[ $REBUILD == 0 ]] && [[ -n "$(find "$DATA_OUT" -name dataset_info.json -print -quit 2>/dev/null)" ]]; then
+BUILT=$(find "$DATA_OUT" -name dataset_info.json -print -quit 2>/dev/null || true)
+if [[ $REBUILD == 0 && -n "$BUILT" ]]; then
   echo "Using the dataset already in $DATA_OUT (--rebuild to rebuild it)."
 else
   OVERWRITE=()

@@ -79,7 +79,8 @@ def op_types(tflite_bytes):
   """The set of op type names (e.g. "CONV_2D") in a `.tflite` flatbuffer."""
   from ai_edge_litert.interpreter import Interpreter
   interpreter = Interpreter(model_content=tflite_bytes)
-  return {op["op_name"] for op in interpreter._get_ops_details()}  # pylint: disable=protected-access
+  ops = interpreter._get_ops_details()  # pylint: disable=protected-access
+  return {op["op_name"] for op in ops}
 
 
 def convert_tflite(saved_model_dir, quantize="none", representative_images=None):
@@ -316,7 +317,7 @@ def export(model, config, export_dir, quantize="none", calibration=None, test_im
         "quantization": quantize,
         "calibration_images": len(calibration) if calibration else 0,
         "signatures": {name: {"inputs": {"images": spec[0].dtype.name + str(spec[0].shape)}}
-                       for name, spec in serving.input_specs(params).items()},
+                       for name, spec in serving.INPUT_SPECS.items()},
         "outputs": list(serving.OUTPUT_KEYS),
         "tflite": {"file": TFLITE_FILE, "bytes": len(tflite_bytes),
                    "input": "images uint8[1,H,W,C]"},
@@ -357,20 +358,24 @@ def export_model_dir(model_dir, export_dir, checkpoint=None, quantize="none",
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "Training directory (config.json + *.keras).")
-flags.DEFINE_string("name", None, "Export name: writes <output_root>/<name>/. Default: the "
-                    "model_dir's folder name.")
-flags.DEFINE_string("checkpoint", None, "Checkpoint to export (best_val_mre, best_val_loss, "
-                    "latest, epoch_NNNN). Default: the first of best_val_mre, best_val_loss, "
-                    "latest that exists.")
-flags.DEFINE_enum("quantize", "none", QUANTIZATIONS, "TFLite quantization: none (float32), "
-                  "float16 weights, dynamic (int8 weights), int8 (weights and activations, "
-                  "calibrated on --calibration_data).")
-flags.DEFINE_string("calibration_data", None, "Dataset dir (data_prep.build output) whose "
-                    "images calibrate int8 and verify the export.")
-flags.DEFINE_string("calibration_split", "train", "Split of --calibration_data to use.")
-flags.DEFINE_integer("calibration_images", 100, "How many images to calibrate with.")
-flags.DEFINE_string("output_root", "saved_models", "Folder that holds the exports.")
+
+
+def _define_flags():
+  """Defined only when run as a program, so importing the module defines no global flags."""
+  flags.DEFINE_string("model_dir", None, "Training directory (config.json + *.keras).")
+  flags.DEFINE_string("name", None, "Export name: writes <output_root>/<name>/. Default: the "
+                      "model_dir's folder name.")
+  flags.DEFINE_string("checkpoint", None, "Checkpoint to export (best_val_mre, best_val_loss, "
+                      "latest, epoch_NNNN). Default: the first of best_val_mre, best_val_loss, "
+                      "latest that exists.")
+  flags.DEFINE_enum("quantize", "none", QUANTIZATIONS, "TFLite quantization: none (float32), "
+                    "float16 weights, dynamic (int8 weights), int8 (weights and activations, "
+                    "calibrated on --calibration_data).")
+  flags.DEFINE_string("calibration_data", None, "Dataset dir (data_prep.build output) whose "
+                      "images calibrate int8 and verify the export.")
+  flags.DEFINE_string("calibration_split", "train", "Split of --calibration_data to use.")
+  flags.DEFINE_integer("calibration_images", 100, "How many images to calibrate with.")
+  flags.DEFINE_string("output_root", "saved_models", "Folder that holds the exports.")
 
 
 def main(argv):
@@ -400,4 +405,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

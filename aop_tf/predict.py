@@ -251,7 +251,8 @@ def _predict_batch(model, paths, images, failures):
 
 
 def write_csv(path, rows):
-  """One row per image: filename, PS1_x, PS1_y, ..., aop_deg, PS1_confidence, ..., low_confidence."""
+  """One row per image: filename, PS1_x, PS1_y, ..., aop_deg, PS1_confidence, ...,
+  low_confidence (1/0); coordinates in each image's pixels, 3 decimals."""
   columns = (["filename"] + [f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y")] +
              ["aop_deg"] + [f"{n}_confidence" for n in LANDMARK_NAMES] + ["low_confidence"])
   _ensure_parent(path)
@@ -301,18 +302,22 @@ def overlay_writer(overlay_dir, common_root=None):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "SavedModel folder (saved_models/<name>) or .tflite file.")
-flags.DEFINE_list("inputs", None, "Image files, folders (searched recursively) or globs, "
-                  "comma separated.")
-flags.DEFINE_string("output", None, "Output file (.csv or .json).")
-flags.DEFINE_enum("format", None, ["csv", "json"], "Output format; default from --output's "
-                  "extension (csv otherwise).")
-flags.DEFINE_string("overlay_dir", None, "If set, writes an overlay PNG per image here.")
-flags.DEFINE_float("min_confidence", 0.3, "Rows whose lowest heatmap peak is below this are "
-                   "flagged low_confidence.")
-flags.DEFINE_integer("batch_size", 8, "Images per model call.")
-flags.DEFINE_integer("num_workers", 4, "Threads that read and decode images.")
-flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads (default: LiteRT's).")
+
+
+def _define_flags():
+  """Defined only when run as a program, so importing the module defines no global flags."""
+  flags.DEFINE_string("model", None, "SavedModel folder (saved_models/<name>) or .tflite file.")
+  flags.DEFINE_list("inputs", None, "Image files, folders (searched recursively) or globs, "
+                    "comma separated.")
+  flags.DEFINE_string("output", None, "Output file (.csv or .json).")
+  flags.DEFINE_enum("format", None, ["csv", "json"], "Output format; default from --output's "
+                    "extension (csv otherwise).")
+  flags.DEFINE_string("overlay_dir", None, "If set, writes an overlay PNG per image here.")
+  flags.DEFINE_float("min_confidence", 0.3, "Rows whose lowest heatmap peak is below this are "
+                     "flagged low_confidence.")
+  flags.DEFINE_integer("batch_size", 8, "Images per model call.")
+  flags.DEFINE_integer("num_workers", 4, "Threads that read and decode images.")
+  flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads (default: LiteRT's).")
 
 
 def main(argv):
@@ -353,4 +358,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -11,9 +11,10 @@ model's input (`data.preprocess_image`, the one resize), runs the model, and dec
 
 Signatures (`SIGNATURES`): `serving_default` takes `images`, tf.string [B] encoded PNG/JPEG/BMP/GIF
 bytes of any size, gray or colour (what TF Serving's REST `{"b64": ...}` delivers); `serve_images`
-takes `images`, uint8 [B, H, W, C] (C = 1..4) of one size. The TFLite graph (`tflite_fn`) takes `images`, uint8 [1, H, W, C] of any size; it resizes with
-`preprocess_image_tflite`, the same antialiased bilinear resize written with matrix products,
-because TF's `ScaleAndTranslate` kernel has no TFLite builtin.
+takes `images`, uint8 [B, H, W, C] (C = 1..4) of one size. The TFLite graph (`tflite_fn`) takes
+`images`, uint8 [1, H, W, C] of any size; it resizes with `preprocess_image_tflite`, the same
+antialiased bilinear resize written as matrix products, because TF's `ScaleAndTranslate` kernel
+(behind `tf.image.resize(antialias=True)`) has no TFLite builtin.
 """
 
 import keras
@@ -171,15 +172,11 @@ def tflite_fn(model, params):
   return serve_tflite
 
 
-def input_specs(params):
-  """Input signatures: dict endpoint name -> [tf.TensorSpec] (the `images` input)."""
-  del params  # The inputs accept any size and channel count; the adapters convert.
-  return {
-      SERVING_DEFAULT: [tf.TensorSpec([None], tf.string, name="images")],
-      SERVE_IMAGES: [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")],
-  }
-
-
+# Input signatures (the `images` input): any batch, size and channel count; the adapters convert.
+INPUT_SPECS = {
+    SERVING_DEFAULT: [tf.TensorSpec([None], tf.string, name="images")],
+    SERVE_IMAGES: [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")],
+}
 TFLITE_SPEC = [tf.TensorSpec([1, None, None, None], tf.uint8, name="images")]
 
 
@@ -194,11 +191,10 @@ def serving_archive(model, config):
     The archive; `archive.write_out(path)` writes the SavedModel.
   """
   params = serving_params(config)
-  specs = input_specs(params)
   archive = keras.export.ExportArchive()
   archive.track(model)
-  archive.add_endpoint(SERVING_DEFAULT, encoded_fn(model, params), specs[SERVING_DEFAULT])
-  archive.add_endpoint(SERVE_IMAGES, images_fn(model, params), specs[SERVE_IMAGES])
+  archive.add_endpoint(SERVING_DEFAULT, encoded_fn(model, params), INPUT_SPECS[SERVING_DEFAULT])
+  archive.add_endpoint(SERVE_IMAGES, images_fn(model, params), INPUT_SPECS[SERVE_IMAGES])
   return archive
 
 

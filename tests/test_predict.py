@@ -13,7 +13,6 @@ import tensorflow as tf
 
 from aop_tf import LANDMARK_NAMES
 from aop_tf import export
-from aop_tf import model_dir as model_dir_lib
 from aop_tf import predict
 from aop_tf import serving
 from aop_tf.model import build_unet
