@@ -315,7 +315,7 @@ def export(model, config, export_dir, quantize="none", calibration=None, test_im
         "config": config,
         "serving": params,
         "quantization": quantize,
-        "calibration_images": len(calibration) if calibration else 0,
+        "calibration_images": len(calibration) if calibration and quantize == "int8" else 0,
         "signatures": {name: {"inputs": {"images": spec[0].dtype.name + str(spec[0].shape)}}
                        for name, spec in serving.INPUT_SPECS.items()},
         "outputs": list(serving.OUTPUT_KEYS),
@@ -346,7 +346,9 @@ def export_model_dir(model_dir, export_dir, checkpoint=None, quantize="none",
   model, config = model_dir_lib.load_model(model_dir, name)
   calibration = None
   if calibration_data:
-    calibration = calibration_images(calibration_data, calibration_split, calibration_count)
+    # Without int8 the images only verify the export; two are enough.
+    count = calibration_count if quantize == "int8" else 2
+    calibration = calibration_images(calibration_data, calibration_split, count)
   elif quantize == "int8":
     raise ValueError("--quantize=int8 needs --calibration_data=<dataset dir> (the training "
                      "data, e.g. data/phantom) to calibrate activation ranges.")
