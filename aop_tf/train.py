@@ -366,16 +366,14 @@ def train(config, extra_callbacks=()):
     n_train = data.num_examples(data_dir, config.train_split)
   except (KeyError, ValueError, FileNotFoundError) as e:
     raise ConfigError(f"--train_split={config.train_split!r} in {data_dir}: {e}") from None
-  if n_train == 0:
-    raise ConfigError(f"--train_split={config.train_split!r} in {data_dir} is empty.")
-  # Training epochs are whole batches only (data.make_dataset drops the remainder of each epoch so
-  # that batches never straddle two epochs and resumption is exact).
   if config.val_split:
     try:
       data.num_examples(data_dir, config.val_split)
     except (KeyError, ValueError, FileNotFoundError) as e:
       raise ConfigError(f"--val_split={config.val_split!r} in {data_dir}: {e} (pass "
                         "--val_split= to train without validation).") from None
+  # Training epochs are whole batches only (data.make_dataset drops the remainder of each epoch so
+  # that batches never straddle two epochs and resumption is exact).
   full_steps = n_train // config.batch_size
   if full_steps < 1:
     raise ConfigError(f"--train_split={config.train_split!r} of {data_dir} has {n_train} examples, "
@@ -496,9 +494,11 @@ def define_flags(flag_values=flags.FLAGS):
   f.DEFINE_integer("steps_per_epoch", d.steps_per_epoch, "Steps per epoch; 0: one pass over the "
                    "training split (for smoke tests only: resume is exact with full epochs).")
   f.DEFINE_boolean("augment", d.augment, "Augment training images (knobs: --aug_*).")
+  aug_help = _arg_docs(augment_lib.AugmentConfig.__doc__)
   for field in dataclasses.fields(augment_lib.AugmentConfig):
     default = field.default
-    name, help_text = f"aug_{field.name}", f"augment.AugmentConfig.{field.name}."
+    name = f"aug_{field.name}"
+    help_text = f"Augmentation: {aug_help.get(field.name, 'AugmentConfig.' + field.name)}"
     if isinstance(default, bool):
       f.DEFINE_boolean(name, default, help_text)
     elif isinstance(default, int):
@@ -523,6 +523,28 @@ def define_flags(flag_values=flags.FLAGS):
                  "much training time (all resumed runs together) is spent; 0: no limit.")
   f.DEFINE_integer("verbose", d.verbose, "Keras verbosity: 1 progress bar, 2 one line per epoch, "
                    "-1 bar on a terminal, lines otherwise.")
+
+
+def _arg_docs(docstring):
+  """{name: text} of the `Args:` section of a Google-style docstring."""
+  docs, name = {}, None
+  in_args = False
+  for line in (docstring or "").splitlines():
+    stripped = line.strip()
+    if stripped == "Args:":
+      in_args = True
+      continue
+    if not in_args or not stripped:
+      continue
+    head, sep, text = stripped.partition(": ")
+    if sep and line.startswith("    ") and not line.startswith("      "):
+      for key in head.split(", "):
+        docs[key] = text
+      name = head
+    elif name:
+      for key in name.split(", "):
+        docs[key] += " " + stripped
+  return docs
 
 
 class _FlagDefiner:
