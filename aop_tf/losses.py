@@ -13,7 +13,9 @@ The classes are registered Keras serializables, so `.keras` checkpoints load wit
 import keras
 import tensorflow as tf
 
-HEATMAP_LOSSES = ("mse", "weighted_mse", "awing")
+HEATMAP_LOSSES = ("mse", "weighted_mse", "awing", "softmax_ce")
+# Losses that need the model's spatial-softmax heatmap head (`build_unet(heatmap_activation=...)`).
+SOFTMAX_LOSSES = ("softmax_ce",)
 
 
 @keras.saving.register_keras_serializable(package="aop_tf")
@@ -94,6 +96,29 @@ class AdaptiveWingLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="aop_tf")
+class SpatialSoftmaxCE(keras.losses.Loss):
+  """Cross-entropy between heatmaps taken as distributions over cells, per landmark.
+
+  The target Gaussian is normalised to sum 1 over the R*R cells; so is the prediction (the output
+  of a spatial-softmax head, whatever its peak scale). Unlike MSE, whose all-zero solution is a
+  deep basin that sparse targets take epochs to leave, every cell gets a gradient from the first
+  step. The optimum is the target distribution itself, so the predicted map is Gaussian-shaped
+  around the landmark and DARK decoding applies unchanged.
+  """
+
+  def __init__(self, name="softmax_ce", **kwargs):
+    super().__init__(name=name, **kwargs)
+
+  def call(self, y_true, y_pred):
+    y_true = tf.cast(y_true, tf.float32)
+    y_pred = tf.cast(y_pred, tf.float32)
+    target = y_true / tf.maximum(tf.reduce_sum(y_true, axis=[1, 2], keepdims=True), 1e-12)
+    prob = y_pred / tf.maximum(tf.reduce_sum(y_pred, axis=[1, 2], keepdims=True), 1e-12)
+    ce = -tf.reduce_sum(target * tf.math.log(tf.maximum(prob, 1e-12)), axis=[1, 2])  # [B, K]
+    return tf.reduce_mean(ce, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="aop_tf")
 class MaskedSegmentationLoss(keras.losses.Loss):
   """Cross-entropy of softmax probabilities [B,R,R,C] against int labels [B,R,R].
 
@@ -120,7 +145,8 @@ def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0):
   """The heatmap loss called `name` (one of `HEATMAP_LOSSES`).
 
   Args:
-    name: "mse" (the paper), "weighted_mse" (`HeatmapMSE` with `foreground_weight`) or "awing".
+    name: "mse" (the paper), "weighted_mse" (`HeatmapMSE` with `foreground_weight`), "awing" or
+      "softmax_ce" (`SpatialSoftmaxCE`; needs the spatial-softmax head).
     heatmap_scale: target amplitude multiplier.
     foreground_weight: for "weighted_mse", the extra weight at the peaks.
   """
@@ -132,4 +158,6 @@ def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0):
     return HeatmapMSE(heatmap_scale, foreground_weight, name="weighted_mse")
   if name == "awing":
     return AdaptiveWingLoss(heatmap_scale)
+  if name == "softmax_ce":
+    return SpatialSoftmaxCE()
   raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(HEATMAP_LOSSES)}.")

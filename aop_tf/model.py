@@ -44,8 +44,12 @@ def decoder_blocks(input_size, heatmap_size, depth, decode_to_full):
   return blocks
 
 
+HEATMAP_ACTIVATIONS = ("linear", "spatial_softmax")
+
+
 def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
-               decode_to_full=False, norm="batch", seg_classes=0, name="aop_unet"):
+               decode_to_full=False, norm="batch", seg_classes=0, heatmap_activation="linear",
+               softmax_peak_scale=1.0, name="aop_unet"):
   """Builds the U-Net.
 
   Args:
@@ -59,6 +63,11 @@ def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatm
       R, which needs S / R to be a power of two no larger than 2**depth (much cheaper on CPU).
     norm: "batch" (the paper), "group" or "none".
     seg_classes: if > 0, adds a segmentation head with that many classes at the heatmap resolution.
+    heatmap_activation: "linear" (the paper; regressed against unit-peak Gaussians) or
+      "spatial_softmax": a softmax over the R*R cells of each landmark, times `softmax_peak_scale`,
+      trained as a distribution (cross-entropy against the normalised target).
+    softmax_peak_scale: for "spatial_softmax": 2*pi*sigma**2 makes a target-shaped output peak at
+      about 1, so confidences read like those of the linear head.
     name: model name.
 
   Returns:
@@ -66,6 +75,9 @@ def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatm
   """
   if input_size % (2 ** depth):
     raise ValueError(f"input_size {input_size} must be a multiple of 2**depth = {2 ** depth}.")
+  if heatmap_activation not in HEATMAP_ACTIVATIONS:
+    raise ValueError(f"Unknown heatmap_activation {heatmap_activation!r}; expected one of "
+                     f"{HEATMAP_ACTIVATIONS}.")
   if norm not in ("batch", "group", "none"):
     raise ValueError(f"Unknown norm {norm!r}; expected batch, group or none.")
   n_up = decoder_blocks(input_size, heatmap_size, depth, decode_to_full)
@@ -92,7 +104,15 @@ def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatm
                           name=f"{head_name}_resize")(y)
     return y
 
-  outputs = {"heatmaps": layers.Identity(name="heatmaps")(head(x, NUM_LANDMARKS, "heatmap"))}
+  maps = head(x, NUM_LANDMARKS, "heatmap")
+  if heatmap_activation == "spatial_softmax":
+    # Built-in layers only, so checkpoints load in safe mode without custom objects.
+    cells = heatmap_size * heatmap_size
+    maps = layers.Reshape((cells, NUM_LANDMARKS), name="heatmap_flatten")(maps)
+    maps = layers.Softmax(axis=1, name="heatmap_softmax")(maps)
+    maps = layers.Reshape((heatmap_size, heatmap_size, NUM_LANDMARKS), name="heatmap_unflatten")(maps)
+    maps = layers.Rescaling(float(softmax_peak_scale), name="heatmap_peak_scale")(maps)
+  outputs = {"heatmaps": layers.Identity(name="heatmaps")(maps)}
   if seg_classes:
     seg = head(x, seg_classes, "seg")
     outputs["segmentation"] = layers.Softmax(name="segmentation")(seg)

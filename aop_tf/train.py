@@ -16,6 +16,7 @@ Library use: `train(TrainConfig(...))`.
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -182,8 +183,16 @@ def augment_config(config=None):
 
 
 def model_kwargs(config):
-  """`build_unet` keyword arguments (config.json["model"])."""
-  return {key: getattr(config, key) for key in MODEL_KEYS}
+  """`build_unet` keyword arguments (config.json["model"]).
+
+  A softmax loss gets the spatial-softmax head, scaled by 2 pi sigma^2 so that a target-shaped
+  output peaks at about 1, like the unit-peak Gaussians of the other losses.
+  """
+  kwargs = {key: getattr(config, key) for key in MODEL_KEYS}
+  if config.loss in losses.SOFTMAX_LOSSES:
+    kwargs["heatmap_activation"] = "spatial_softmax"
+    kwargs["softmax_peak_scale"] = 2.0 * math.pi * config.sigma_cells ** 2
+  return kwargs
 
 
 def pipeline_config(config, seed=None):

@@ -78,10 +78,13 @@ def test_cpu_flagfiles():
   base = _parse(f"--flagfile={os.path.join(CONFIGS, 'baseline_cpu.cfg')}")
   cpu = _parse(f"--flagfile={os.path.join(CONFIGS, 'cpu.cfg')}")
   paper = _parse(f"--flagfile={os.path.join(CONFIGS, 'paper.cfg')}")
+  cpu_model = dict(input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
+                   decode_to_full=False, norm="batch")
+  assert train.model_kwargs(base) == dict(cpu_model, seg_classes=0)
+  assert train.model_kwargs(cpu) == dict(
+      cpu_model, seg_classes=3, heatmap_activation="spatial_softmax",
+      softmax_peak_scale=pytest.approx(2 * math.pi * cpu.sigma_cells ** 2))
   for config in (base, cpu):
-    assert train.model_kwargs(config) == dict(
-        input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
-        decode_to_full=False, norm="batch", seg_classes=0)
     assert config.max_train_minutes == 60
   for key in ("sigma_cells", "loss", "heatmap_scale", "optimizer", "learning_rate",
               "weight_decay", "lr_schedule", "lr_step_epochs", "lr_step_factor", "batch_size"):
