@@ -18,7 +18,6 @@ import collections
 import itertools
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -87,7 +86,7 @@ class _Tally:
 
 
 def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, phantom_size,
-                 phantom_seed):
+                 phantom_seed, csv_encoding="auto"):
   """-> ({split: (total rows, iterator of Record | InputError)}, description)."""
   if source == "phantom":
     counts = dict(DEFAULT_PHANTOM_COUNTS if phantom_counts is None else phantom_counts)
@@ -108,15 +107,17 @@ def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, p
     from data_prep import csv_source  # pylint: disable=import-outside-toplevel
     csv_paths = csv_source.find_split_csvs(data_dir, parse_split_map(csv))
     folder = image_dir or csv_source.default_image_dir(data_dir)
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"--image_dir {folder} is not a folder")
     splits = {}
     for split, path in csv_paths.items():
-      rows = csv_source.read_rows(path)
+      rows = csv_source.read_rows(path, csv_encoding)
       splits[split] = (len(rows), csv_source.iter_records(rows, folder, seen, split))
     return splits, f"IUGC-format CSVs {sorted(csv_paths.values())}, images in {folder}."
 
   if source == "masks":
     from data_prep import masks  # pylint: disable=import-outside-toplevel
-    names = masks.split_filenames(data_dir, parse_split_map(csv), split_spec)
+    names = masks.split_filenames(data_dir, parse_split_map(csv), split_spec, csv_encoding)
     splits = {split: (len(files), masks.iter_records(data_dir, files, seen, split))
               for split, files in names.items() if files}
     return splits, (f"PSFHS-style masks in {data_dir}; landmarks from the masks by the IUGC rule "
@@ -131,7 +132,7 @@ def _log(verbose, message):
 
 def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=None,
                   split_spec=None, phantom_counts=None, phantom_size=256, phantom_seed=0,
-                  limit=None, strict=False, overwrite=False, verbose=True):
+                  limit=None, strict=False, overwrite=False, verbose=True, csv_encoding="auto"):
   """Reads one source, validates every input and writes the TFDS dataset.
 
   Args:
@@ -150,6 +151,8 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
     strict: raise at the first bad input instead of skipping it.
     overwrite: replace an existing dataset in `out_dir`; without it an existing one is an error.
     verbose: print progress and the summary.
+    csv_encoding: encoding of the CSVs: "auto" (UTF-8, or UTF-16/32 by byte-order mark) or a
+      Python codec name such as "cp1252".
 
   Returns:
     The dataset directory (str) holding `dataset_info.json`, for `tfds.builder_from_directory`.
@@ -173,7 +176,7 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
     shutil.rmtree(target)
 
   splits, description = _open_source(source, data_dir, csv, image_dir, split_spec,
-                                     phantom_counts, phantom_size, phantom_seed)
+                                     phantom_counts, phantom_size, phantom_seed, csv_encoding)
   tally = _Tally()
   examples_by_split = {}
   for split, (total, items) in splits.items():
@@ -262,20 +265,17 @@ def _print_summary(source, summary, tally, seconds, target):
 
 
 def main(argv):
-  """absl entry point."""
+  """absl entry point (run through `aop_tf.cli.run`: errors are one line, exit 1)."""
   from absl import app, flags  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   counts = {"train": f.phantom_train, "val": f.phantom_val, "test": f.phantom_test}
-  try:
-    build_dataset(
-        f.source, data_dir=f.data_dir, out_dir=f.out_dir, csv=f.csv, image_dir=f.image_dir,
-        split_spec=f.split_spec, phantom_counts=counts, phantom_size=f.phantom_size,
-        phantom_seed=f.phantom_seed, limit=f.limit, strict=f.strict, overwrite=f.overwrite)
-  except (InputError, ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  build_dataset(
+      f.source, data_dir=f.data_dir, out_dir=f.out_dir, csv=f.csv, image_dir=f.image_dir,
+      split_spec=f.split_spec, phantom_counts=counts, phantom_size=f.phantom_size,
+      phantom_seed=f.phantom_seed, limit=f.limit, strict=f.strict, overwrite=f.overwrite,
+      csv_encoding=f.csv_encoding)
   return 0
 
 
@@ -299,9 +299,11 @@ def _define_flags():
   flags.DEFINE_integer("limit", None, "Read at most this many rows per split (for quick tests).")
   flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of skipping it.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out_dir.")
+  flags.DEFINE_string("csv_encoding", "auto", "Encoding of the CSVs: auto (UTF-8, or UTF-16/32 "
+                      "by byte-order mark) or a Python codec name, e.g. cp1252.")
 
 
 if __name__ == "__main__":
-  from absl import app as _app  # pylint: disable=import-outside-toplevel
+  from aop_tf import cli  # pylint: disable=import-outside-toplevel
   _define_flags()
-  _app.run(main)
+  cli.run(main, "data_prep.build")

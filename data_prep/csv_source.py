@@ -2,16 +2,21 @@
 
 CSV columns `Filename,PS1,PS2,FH1` (FH1 may be called `AOP Tangency`; other columns are ignored;
 header names match case-insensitively), points as `"(x, y)"` strings in original-image pixels.
-Files are read as UTF-8 with or without BOM. Images may be PNG or JPEG whatever their suffix says,
-gray, RGB, RGBA or 16-bit; they are stored as 8-bit gray at their original size.
+Files are read as UTF-8 with or without BOM, UTF-16/32 with a BOM, or in the encoding named by
+`encoding` (e.g. "cp1252" for an Excel export). Images may be PNG or JPEG whatever their suffix
+says, gray, RGB, RGBA, CMYK or 16-bit; they are stored as 8-bit gray at their original size.
 
 Every refused row becomes an `InputError` naming the CSV, line, column and value: malformed or
-out-of-image points, missing or unreadable images, file names that escape the image folder
-(`../`, absolute paths, symlinks resolving outside) and duplicates (the first accepted row wins).
+out-of-image points, rows the CSV parser cannot split, missing or unreadable images, file names
+that escape the image folder (`../`, absolute paths, symlinks resolving outside) and duplicates
+(the first accepted row wins). Whole-file problems (not text in the encoding, missing column) are
+a ValueError naming the file and line.
 """
 
+import codecs
 import collections
 import csv
+import io
 import os
 
 import numpy as np
@@ -23,8 +28,14 @@ FILENAME_COLUMN = "Filename"
 # Accepted header names per landmark (first match wins), compared case-insensitively.
 COLUMN_ALIASES = {"PS1": ("PS1",), "PS2": ("PS2",), "FH1": ("FH1", "AOP Tangency")}
 
-Row = collections.namedtuple("Row", "csv_path line filename texts")
-Row.__doc__ = """One CSV row: `line` 1-based in the file, `texts` {landmark name: cell text}."""
+Row = collections.namedtuple("Row", "csv_path line filename texts error", defaults=(None,))
+Row.__doc__ = """One CSV row: `line` 1-based in the file, `texts` {landmark name: cell text};
+`error`: why the CSV parser could not split the row (None for a parsed row)."""
+
+# Byte-order marks and the codec that reads past them; UTF-32 before UTF-16 (same first bytes).
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 def default_image_dir(data_dir):
@@ -62,15 +73,21 @@ def find_split_csvs(data_dir, csv_map=None, required=True):
 
 def _match_columns(fieldnames, wanted, csv_path):
   """{canonical name: header name in the file} for `wanted` {canonical: aliases}."""
-  by_lower = {}
-  for name in fieldnames or ():
+  if not fieldnames:
+    raise ValueError(f"{csv_path}: empty file (no header line); expected a header "
+                     "Filename,PS1,PS2,FH1 and one row per image.")
+  by_lower = collections.defaultdict(list)
+  for name in fieldnames:
     if name is not None:
-      by_lower.setdefault(name.strip().lower(), name)
+      by_lower[name.strip().lower()].append(name)
   columns = {}
   for canonical, aliases in wanted.items():
     for alias in aliases:
       if alias.lower() in by_lower:
-        columns[canonical] = by_lower[alias.lower()]
+        if len(by_lower[alias.lower()]) > 1:
+          raise ValueError(f"{csv_path}: column {alias!r} appears "
+                           f"{len(by_lower[alias.lower()])} times in the header; keep one.")
+        columns[canonical] = by_lower[alias.lower()][0]
         break
     else:
       raise ValueError(
@@ -79,46 +96,93 @@ def _match_columns(fieldnames, wanted, csv_path):
   return columns
 
 
-def _dict_rows(csv_path):
-  """Yields (line number, row dict) of a CSV, header checked by the caller via `reader`."""
-  with open(csv_path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.DictReader(f)
+def read_text(csv_path, encoding="auto"):
+  """The text of a CSV file.
+
+  Args:
+    csv_path: the file.
+    encoding: a Python codec name, or "auto": UTF-8/16/32 by byte-order mark, else UTF-8.
+
+  Raises:
+    ValueError naming the file, the line and the byte when it is not text in that encoding.
+  """
+  with open(csv_path, "rb") as f:
+    data = f.read()
+  if encoding in (None, "", "auto"):
+    encoding = next((codec for bom, codec in _BOMS if data.startswith(bom)), "utf-8")
+  try:
+    codecs.lookup(encoding)
+  except LookupError:
+    raise ValueError(f"unknown CSV encoding {encoding!r}; use a Python codec name such as "
+                     "utf-8, cp1252 or latin-1") from None
+  try:
+    return data.decode(encoding)
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise ValueError(
+        f"{csv_path} line {line}: not {encoding} text (byte {data[e.start:e.start + 1]!r} at "
+        f"offset {e.start}); save the CSV as UTF-8, or name its encoding (--csv_encoding=cp1252 "
+        "for an Excel export in Western Europe)") from None
+
+
+def _dict_rows(csv_path, encoding="auto"):
+  """(header, [(line of the row's first physical line, row dict or csv.Error)])."""
+  reader = csv.DictReader(io.StringIO(read_text(csv_path, encoding), newline=""))
+  try:
     fieldnames = reader.fieldnames
-    rows = []
-    line = 1
-    for row in reader:
-      rows.append((line + 1, row))  # line of the row's first physical line
-      line = reader.line_num
+  except csv.Error as e:
+    raise ValueError(f"{csv_path} line 1: cannot read the header ({e})") from None
+  if any("\x00" in (name or "") for name in fieldnames or ()):
+    raise ValueError(f"{csv_path} line 1: NUL characters in the header; this is not a text CSV "
+                     "(UTF-16 without a byte-order mark? save it as UTF-8)")
+  rows = []
+  line = reader.line_num
+  while True:
+    try:
+      row = next(reader)
+    except StopIteration:
+      break
+    except csv.Error as e:
+      # The parser resumes at the next line; this row is refused. line_num does not count the
+      # failed line until the next read.
+      rows.append((line + 1, e))
+      line += 1
+      continue
+    rows.append((line + 1, row))
+    line = reader.line_num
   return fieldnames, rows
 
 
-def read_rows(csv_path):
+def _error_row(csv_path, line, error):
+  return Row(csv_path, line, None, {}, f"{csv_path} line {line}: the CSV parser cannot read "
+             f"this row ({error}); check its quotes and length")
+
+
+def read_rows(csv_path, encoding="auto"):
   """Reads an IUGC CSV into `Row`s (cells unparsed; parsing errors belong to single rows).
 
   Raises ValueError (naming the file) when the header lacks a required column or the file is not
-  UTF-8 text.
+  text in `encoding` (see `read_text`).
   """
-  try:
-    fieldnames, dict_rows = _dict_rows(csv_path)
-  except UnicodeDecodeError as e:
-    raise ValueError(f"{csv_path}: not UTF-8 text ({e}); save it as UTF-8 CSV") from e
+  fieldnames, dict_rows = _dict_rows(csv_path, encoding)
   wanted = {"Filename": (FILENAME_COLUMN,), **COLUMN_ALIASES}
   columns = _match_columns(fieldnames, wanted, csv_path)
   rows = []
   for line, row in dict_rows:
+    if isinstance(row, csv.Error):
+      rows.append(_error_row(csv_path, line, row))
+      continue
     texts = {name: row.get(columns[name]) for name in LANDMARK_NAMES}
     rows.append(Row(csv_path, line, row.get(columns["Filename"]), texts))
   return rows
 
 
-def read_filenames(csv_path):
+def read_filenames(csv_path, encoding="auto"):
   """The Filename column of a split CSV, as `Row`s with empty `texts` (for split membership)."""
-  try:
-    fieldnames, dict_rows = _dict_rows(csv_path)
-  except UnicodeDecodeError as e:
-    raise ValueError(f"{csv_path}: not UTF-8 text ({e}); save it as UTF-8 CSV") from e
+  fieldnames, dict_rows = _dict_rows(csv_path, encoding)
   column = _match_columns(fieldnames, {"Filename": (FILENAME_COLUMN,)}, csv_path)["Filename"]
-  return [Row(csv_path, line, row.get(column), {}) for line, row in dict_rows]
+  return [_error_row(csv_path, line, row) if isinstance(row, csv.Error)
+          else Row(csv_path, line, row.get(column), {}) for line, row in dict_rows]
 
 
 def normalise_name(filename):
@@ -136,6 +200,9 @@ def resolve_in_folder(folder, filename, where, kind="image"):
   name = (filename or "").strip()
   if not name:
     raise InputError(f"{where}: empty Filename", "bad filename")
+  if any(ord(c) < 32 for c in name):
+    raise InputError(f"{where}: Filename {name!r} contains control characters (NUL, newline, "
+                     "...); fix the Filename column", "bad filename")
   parts = name.replace("\\", "/").split("/")
   if (os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":")
       or ".." in parts):
@@ -143,12 +210,18 @@ def resolve_in_folder(folder, filename, where, kind="image"):
                      "use a path relative to it", "unsafe filename")
   relative = normalise_name(name)
   path = os.path.join(folder, *relative.split("/"))
-  root = os.path.realpath(folder)
-  real = os.path.realpath(path)
-  if os.path.commonpath([root, real]) != root:
+  try:
+    root = os.path.realpath(folder)
+    real = os.path.realpath(path)
+    inside = os.path.commonpath([root, real]) == root
+    is_file = os.path.isfile(path)
+  except (OSError, ValueError) as e:  # e.g. a name too long for the file system
+    raise InputError(f"{where}: Filename {name!r} cannot be looked up ({e})",
+                     "bad filename") from None
+  if not inside:
     raise InputError(f"{where}: Filename {name!r} resolves to {real}, outside the image folder "
                      f"{root} (symlink?); copy the file into the folder", "unsafe filename")
-  if not os.path.isfile(path):
+  if not is_file:
     raise InputError(f"{where}: {kind} {path} not found; check the Filename column and "
                      f"the {kind} folder", f"missing {kind}")
   return path, relative
@@ -191,6 +264,9 @@ def iter_records(rows, image_dir, seen, split):
     split: the split name, for the duplicate message.
   """
   for row in rows:
+    if row.error:
+      yield InputError(row.error, "malformed CSV row")
+      continue
     key = normalise_name(row.filename)
     if key and key in seen:
       yield InputError(f"{row.csv_path} line {row.line}: duplicate Filename {row.filename!r}, "

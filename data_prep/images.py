@@ -4,7 +4,14 @@ Datasets in the wild hold `.jpg` files that are really PNG, RGB or RGBA scans of
 and 16-bit PNGs. `read_gray` decodes whatever the bytes are (cv2.imdecode sniffs the format) and
 returns one uint8 channel at the original size. Pixel orientation is the stored one (EXIF rotation
 is not applied), which is the frame the annotations refer to.
+
+Untrusted files: the size a file declares in its header is checked against `MAX_PIXELS` before
+anything is decoded (`encoded_size`), so a small file that claims to be 60000x60000 pixels (a
+"decompression bomb") is refused instead of exhausting memory.
 """
+
+import os
+import struct
 
 import cv2
 import numpy as np
@@ -18,6 +25,13 @@ _MAGIC = (
 )
 
 
+# Largest accepted image, pixels (width * height): 100 megapixels, e.g. 10000x10000. Ultrasound
+# frames are at most a few megapixels; the cap bounds the memory one file can claim.
+MAX_PIXELS = 100_000_000
+# Largest accepted file, bytes (an uncompressed 100-megapixel 16-bit RGBA TIFF is 800 MB).
+MAX_FILE_BYTES = 1 << 30
+
+
 class ImageError(ValueError):
   """An image file that cannot be read or converted."""
 
@@ -28,6 +42,91 @@ def sniff_format(data):
     if data.startswith(magic):
       return name
   return None
+
+
+def _jpeg_size(data):
+  """(width, height) from the first SOFn marker of a JPEG, or None."""
+  i = 2
+  while i + 9 <= len(data):
+    if data[i] != 0xFF:
+      return None
+    marker = data[i + 1]
+    if marker == 0xFF:  # fill byte
+      i += 1
+      continue
+    if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+      i += 2
+      continue
+    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+      height, width = struct.unpack(">HH", data[i + 5:i + 9])
+      return width, height
+    i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+  return None
+
+
+def _tiff_size(data):
+  """(width, height) from the first IFD of a classic TIFF, or None."""
+  order = "<" if data[:2] == b"II" else ">"
+  try:
+    (offset,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[offset:offset + 2])
+    size = {}
+    for k in range(count):
+      entry = data[offset + 2 + 12 * k:offset + 14 + 12 * k]
+      tag, kind = struct.unpack(order + "HH", entry[:4])
+      if tag in (256, 257):  # ImageWidth, ImageLength: SHORT or LONG
+        fmt = order + ("H" if kind == 3 else "I")
+        size[tag] = struct.unpack(fmt, entry[8:8 + struct.calcsize(fmt)])[0]
+    return (size[256], size[257]) if len(size) == 2 else None
+  except (struct.error, KeyError):
+    return None
+
+
+def _webp_size(data):
+  """(width, height) of a WebP (VP8, VP8L or VP8X), or None."""
+  chunk = data[12:16]
+  if chunk == b"VP8X" and len(data) >= 30:
+    return (int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1)
+  if chunk == b"VP8L" and len(data) >= 25:
+    bits = int.from_bytes(data[21:25], "little")
+    return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+  if chunk == b"VP8 " and len(data) >= 30:
+    width, height = struct.unpack("<HH", data[26:30])
+    return width & 0x3FFF, height & 0x3FFF
+  return None
+
+
+def encoded_size(data):
+  """`(width, height)` an encoded image declares in its header, without decoding; None if the
+  format (PNG, JPEG, GIF, BMP, TIFF, WebP) is not recognised or the header is cut short."""
+  try:
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+      return struct.unpack(">II", data[16:24])
+    if data.startswith(b"\xff\xd8"):
+      return _jpeg_size(data)
+    if data.startswith((b"GIF87a", b"GIF89a")):
+      return struct.unpack("<HH", data[6:10])
+    if data.startswith(b"BM"):
+      if struct.unpack("<I", data[14:18])[0] == 12:  # BITMAPCOREHEADER
+        return struct.unpack("<HH", data[18:22])
+      width, height = struct.unpack("<ii", data[18:26])
+      return abs(width), abs(height)  # negative height: top-down rows
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+      return _tiff_size(data)
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+      return _webp_size(data)
+  except struct.error:
+    return None
+  return None
+
+
+def check_size(data, where="image", max_pixels=MAX_PIXELS):
+  """Raises ImageError when the header of encoded `data` declares more than `max_pixels`."""
+  size = encoded_size(data)
+  if size is not None and max_pixels and size[0] * size[1] > max_pixels:
+    raise ImageError(f"{where}: the file declares {size[0]}x{size[1]} pixels, more than the "
+                     f"{max_pixels / 1e6:g} megapixels accepted; downscale it first (or raise "
+                     "the limit if the image is genuine)")
 
 
 def to_gray_uint8(image, where="image"):
@@ -63,12 +162,34 @@ def to_gray_uint8(image, where="image"):
   return np.ascontiguousarray(image)
 
 
+def _imdecode(data):
+  """cv2.imdecode, IMREAD_UNCHANGED; None where OpenCV cannot decode (or raises on) the bytes."""
+  try:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  except cv2.error:
+    return None
+
+
+def read_bytes(path, what="file", max_bytes=MAX_FILE_BYTES):
+  """The bytes of the file at `path`; ImageError naming it when unreadable or over `max_bytes`."""
+  try:
+    size = os.path.getsize(path)
+    if max_bytes and size > max_bytes:
+      raise ImageError(f"{path}: {what} is {size / 2**20:.0f} MiB, more than the "
+                       f"{max_bytes / 2**20:.0f} MiB accepted; is it really an image?")
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise ImageError(f"{path}: cannot read {what}: {e.strerror or e}") from e
+
+
 def decode_gray(data, where="image"):
   """Decodes encoded image bytes (PNG, JPEG, BMP, TIFF; whatever the file name says) to uint8
   gray [H, W]."""
   if not data:
     raise ImageError(f"{where}: empty file")
-  image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  check_size(data, where)
+  image = _imdecode(data)
   if image is None:
     kind = sniff_format(data)
     detail = f"looks like {kind} but is corrupt or truncated" if kind else (
@@ -79,12 +200,7 @@ def decode_gray(data, where="image"):
 
 def read_gray(path):
   """Reads the image file at `path` as uint8 gray [H, W] at its original size."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise ImageError(f"{path}: cannot read file: {e.strerror or e}") from e
-  return decode_gray(data, where=str(path))
+  return decode_gray(read_bytes(path), where=str(path))
 
 
 def read_label_map(path):
@@ -93,12 +209,10 @@ def read_label_map(path):
   Accepts one channel, or several identical channels (masks saved as RGB); anything else is an
   error, since averaging label values would invent labels.
   """
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise ImageError(f"{path}: cannot read mask: {e.strerror or e}") from e
-  mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+  data = read_bytes(path, "mask")
+  if data:
+    check_size(data, str(path))
+  mask = _imdecode(data) if data else None
   if mask is None:
     raise ImageError(f"{path}: cannot decode mask; expected an 8-bit PNG of labels")
   if mask.dtype != np.uint8:

@@ -134,16 +134,19 @@ def split_by_blocks(names, weights, block_size=BLOCK_SIZE):
   return result
 
 
-def split_filenames(data_dir, csv_map=None, split_spec=None):
+def split_filenames(data_dir, csv_map=None, split_spec=None, encoding="auto"):
   """{split: [`csv_source.Row`]} of image file names, from the split CSVs (Filename column) in
-  `data_dir` or `csv_map`, else from `split_spec` over `data_dir/images`."""
+  `data_dir` or `csv_map` (read in `encoding`), else from `split_spec` over `data_dir/images`."""
   csvs = csv_source.find_split_csvs(data_dir, csv_map, required=False)
   if csvs and not split_spec:
-    return {split: csv_source.read_filenames(path) for split, path in csvs.items()}
+    return {split: csv_source.read_filenames(path, encoding) for split, path in csvs.items()}
   if not split_spec:
     raise FileNotFoundError(f"no train.csv/val.csv/test.csv in {data_dir} to take the splits "
                             "from; pass --csv=train:a.csv,... or --split_spec=train:80,val:20")
   image_dir = os.path.join(data_dir, "images")
+  if not os.path.isdir(image_dir):
+    raise FileNotFoundError(f"{image_dir} is not a folder; the masks source needs "
+                            "<data_dir>/images and <data_dir>/masks")
   names = _list_images(image_dir)
   by_split = split_by_blocks(names, parse_split_spec(split_spec))
   where = f"{image_dir} (split_spec)"
@@ -184,6 +187,9 @@ def iter_records(data_dir, rows, seen, split):
     split: the split name, for messages.
   """
   for row in rows:
+    if row.error:
+      yield InputError(row.error, "malformed CSV row")
+      continue
     key = csv_source.normalise_name(row.filename)
     if key and key in seen:
       yield InputError(f"{row.csv_path} line {row.line}: duplicate Filename {key!r}, already "
