@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import aop_tf
 from aop_tf import LANDMARK_NAMES
+from aop_tf import cli
 from aop_tf import data
 from aop_tf import heatmap
 from aop_tf import metrics
@@ -307,7 +308,11 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
     config = (model_dir_lib.read_json(info_path).get("config", {})
               if os.path.exists(info_path) else {})
     exported_decode = _settings_from_config(config)[1] if config else None
-    loaded = tf.saved_model.load(model)
+    try:
+      loaded = tf.saved_model.load(model)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{model}: cannot load the SavedModel ({type(e).__name__}); re-export it "
+                       "with `python -m aop_tf.export`.") from None
     if SERVE_IMAGES not in loaded.signatures:
       raise KeyError(f"{model} has no {SERVE_IMAGES!r} signature (it has "
                      f"{sorted(loaded.signatures)}); re-export it with `python -m aop_tf.export`.")
@@ -450,4 +455,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main, "evaluate")

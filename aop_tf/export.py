@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import aop_tf
+from aop_tf import cli
 from aop_tf import data
 from aop_tf import model_dir as model_dir_lib
 from aop_tf import serving
@@ -408,4 +409,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main, "export", errors=cli.EXPECTED_ERRORS + (ExportError,))

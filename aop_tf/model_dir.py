@@ -10,13 +10,16 @@ A model directory holds:
   epoch_NNNN.keras       periodic checkpoints
   state.json             {"epoch": last complete epoch (1-based), best metrics so far}
   logs/                  TensorBoard event files
-Every file is written to a temporary name in the same folder and renamed, so a kill never leaves a
-half-written file under a final name.
+Every file is written to a temporary name (`.tmp-*`) in the same folder, flushed to disk and
+renamed, so a kill (or a power cut) never leaves a half-written file under a final name; a kill
+mid-write at most leaves a `.tmp-*` file, which `remove_stale_temp_files` deletes.
 """
 
+import glob
 import json
 import os
 import tempfile
+import zipfile
 
 import keras
 
@@ -30,19 +33,51 @@ def checkpoint_path(model_dir, which):
   return os.path.join(model_dir, f"{which}.keras")
 
 
+TEMP_PREFIX = ".tmp-"
+
+
+def _fsync(path):
+  """Flushes a file (or a folder's entries) to disk; a no-op where the OS does not allow it."""
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
 def _atomic_write(path, write_fn):
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   suffix = os.path.splitext(path)[1]
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+  fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
   os.close(fd)
   try:
     write_fn(tmp)
+    _fsync(tmp)  # The data reaches the disk before the name points at it.
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+  _fsync(folder)  # ... and the rename itself survives a power cut.
+
+
+def remove_stale_temp_files(folder):
+  """Deletes the `.tmp-*` files an earlier, killed writer left in `folder`; returns their paths.
+
+  Call it only while no other process writes to `folder` (e.g. when training starts).
+  """
+  removed = []
+  for path in glob.glob(os.path.join(glob.escape(folder), TEMP_PREFIX + "*")):
+    if os.path.isfile(path):
+      os.remove(path)
+      removed.append(path)
+  return removed
 
 
 def write_json(path, obj):
@@ -69,7 +104,33 @@ def read_config(model_dir):
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {model_dir} is not a training directory "
                             "(train one with `python -m aop_tf.train`).")
-  return read_json(path)
+  try:
+    return read_json(path)
+  except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+    raise ValueError(f"{path} is not valid JSON ({e}); restore it or retrain.") from None
+
+
+def load_keras_file(path, compile=False):
+  """`keras.saving.load_model` in safe mode, with one clear error for a file that will not load.
+
+  Safe mode refuses to deserialise Python code (lambda layers, pickled objects); nothing in a
+  `.keras` file is executed.
+
+  Raises:
+    ValueError naming the file: corrupt or truncated, not a Keras file, or needing unsafe code.
+  """
+  try:
+    return keras.saving.load_model(path, compile=compile, safe_mode=True)
+  except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile, EOFError) as e:
+    text = str(e).strip().splitlines()
+    detail = text[0] if text else type(e).__name__
+    if "safe_mode" in str(e) or "unsafe" in str(e).lower():
+      advice = ("it needs to run Python code stored in the file, which safe mode refuses; only "
+                "models saved by aop_tf are loaded")
+    else:
+      advice = ("it is corrupt, truncated or not a Keras model; use another checkpoint "
+                "(e.g. --checkpoint=epoch_NNNN) or retrain")
+    raise ValueError(f"{path}: cannot load ({type(e).__name__}: {detail[:300]}); {advice}.") from None
 
 
 def load_model(model_dir, which=None, compile=False):
@@ -88,5 +149,5 @@ def load_model(model_dir, which=None, compile=False):
   for name in names:
     path = checkpoint_path(model_dir, name)
     if os.path.exists(path):
-      return keras.saving.load_model(path, compile=compile, safe_mode=True), config
+      return load_keras_file(path, compile=compile), config
   raise FileNotFoundError(f"No checkpoint {names} in {model_dir}; has training finished an epoch?")

@@ -4,9 +4,13 @@
       --output=pred.csv [--format=csv|json] [--overlay_dir=overlays] [--min_confidence=0.3]
 
 `--model` is a SavedModel folder (`saved_models/<name>`, run through its `serve_images`
-signature) or a `.tflite` file. Images (PNG, JPEG, BMP, GIF; gray or colour; any size) are read and
-decoded by a thread pool, batched by size, and predicted; points are `(x, y)` in each image's own
-pixels. Files that cannot be read or decoded are reported by name, counted and skipped.
+signature) or a `.tflite` file. Images (PNG, JPEG, BMP, GIF; gray, gray + alpha, RGB, RGBA, CMYK
+JPEG, 8 or 16 bits; 1x1 up to `--max_pixels`) are read and decoded by a thread pool, batched by
+size, and predicted; points are `(x, y)` in each image's own pixels. Files that cannot be read or
+decoded, or that declare more pixels than `--max_pixels` in their header, are reported by name,
+counted and skipped: every input is either a row of the output or a failure. A row whose AoP is
+undefined (PS1 predicted on PS2 or FH1) has `aop_deg` NaN and `degenerate` 1; rows with a low (or
+undefined) heatmap peak or a degenerate AoP are flagged `low_confidence`.
 """
 
 import csv
@@ -21,16 +25,40 @@ from concurrent import futures
 
 from absl import app
 from absl import flags
+import cv2
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from aop_tf import LANDMARK_NAMES
+from aop_tf import cli
 from aop_tf import serving
+from data_prep import images as image_files
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SAVED_MODEL_FILE = "saved_model.pb"
 TFLITE_FILE = "model.tflite"
+
+
+def as_model_input(image, where="image"):
+  """Checks one image for the exported models: uint8 [H, W, C] (C = 1..4, H, W >= 1).
+
+  A 2-D array gains a channel axis. Any other pixel type is refused rather than cast (a uint16 or
+  float array cast to uint8 would silently become garbage).
+
+  Raises:
+    ValueError naming `where` and what to do.
+  """
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f"{where}: pixel type {image.dtype}; the model takes uint8 images (scale "
+                     "16-bit by 255/65535 and float 0..1 by 255, then round)")
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or not 1 <= image.shape[2] <= 4 or min(image.shape[:2]) < 1:
+    raise ValueError(f"{where}: image shape {image.shape}; expected [H, W, C] with H, W >= 1 "
+                     "and C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA)")
+  return image
 
 
 class TFLiteModel:
@@ -55,7 +83,7 @@ class TFLiteModel:
     self._shape = None
 
   def _run(self, image):
-    image = np.ascontiguousarray(image, np.uint8)[None]
+    image = np.ascontiguousarray(as_model_input(image))[None]
     if image.shape != self._shape:  # Re-plan only when the image size changes.
       self._interpreter.resize_tensor_input(self._input, image.shape, strict=True)
       self._interpreter.allocate_tensors()
@@ -75,7 +103,11 @@ class SavedModelModel:
 
   def __init__(self, path):
     self.path = path
-    self._loaded = tf.saved_model.load(path)
+    try:
+      self._loaded = tf.saved_model.load(path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{path}: cannot load the SavedModel ({type(e).__name__}: "
+                       f"{_first_line(e)}); re-export it with `python -m aop_tf.export`.") from None
     if serving.SERVE_IMAGES not in self._loaded.signatures:
       raise ValueError(f"{path} has no {serving.SERVE_IMAGES!r} signature (has "
                        f"{sorted(self._loaded.signatures)}); export it with "
@@ -84,16 +116,23 @@ class SavedModelModel:
 
   def predict(self, images):
     """list of uint8 [H, W, C] -> dict of numpy arrays stacked over the list (`OUTPUT_KEYS`)."""
+    images = [as_model_input(image, f"image {i}") for i, image in enumerate(images)]
     parts = []
     start = 0
     while start < len(images):
       end = start + 1
       while end < len(images) and images[end].shape == images[start].shape:
         end += 1
-      out = self._fn(images=tf.constant(np.stack(images[start:end]).astype(np.uint8)))
+      out = self._fn(images=tf.constant(np.stack(images[start:end])))
       parts.append({k: out[k].numpy() for k in serving.OUTPUT_KEYS})
       start = end
     return {k: np.concatenate([p[k] for p in parts]) for k in serving.OUTPUT_KEYS}
+
+
+def _first_line(error):
+  text = getattr(error, "message", None) or str(error)
+  lines = [line for line in text.splitlines() if line.strip()]
+  return lines[0] if lines else type(error).__name__
 
 
 def load_exported(path, num_threads=None):
@@ -134,25 +173,24 @@ def find_inputs(specs):
   return sorted(set(paths)), unmatched
 
 
-def read_image(path):
+def read_image(path, max_pixels=image_files.MAX_PIXELS):
   """Reads and decodes one image file -> uint8 [H, W, C], C = 1, 3 or 4 (gray+alpha -> gray).
 
-  Uses `tf.io.decode_image` like the `serving_default` signature, so pixels are identical.
+  Uses `tf.io.decode_image` like the `serving_default` signature, so pixels are identical
+  (16-bit images become 8-bit the same way). The size the header declares is checked against
+  `max_pixels` before decoding.
 
   Raises:
-    ValueError naming the file when it cannot be read or decoded.
+    ValueError naming the file when it cannot be read or decoded, or is too large.
   """
-  try:
-    with open(path, "rb") as f:
-      encoded = f.read()
-  except OSError as e:
-    raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+  encoded = image_files.read_bytes(path)
   if not encoded:
     raise ValueError(f"{path}: empty file")
+  image_files.check_size(encoded, str(path), max_pixels)
   try:
     image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8,
                                expand_animations=False).numpy()
-  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+  except tf.errors.OpError as e:
     message = e.message.splitlines()[0] if e.message else type(e).__name__
     message = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", message)
     raise ValueError(f"{path}: not a decodable PNG/JPEG/BMP/GIF image ({message})") from None
@@ -167,20 +205,25 @@ def _records(paths, out, min_confidence):
   rows = []
   for i, path in enumerate(paths):
     row = {"filename": path}
+    # NaN coordinates or peaks (a broken model) must not pass as confident answers.
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"{name}_x"] = float(out["landmarks"][i, k, 0])
       row[f"{name}_y"] = float(out["landmarks"][i, k, 1])
     row["aop_deg"] = float(out["aop_deg"][i])
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"{name}_confidence"] = float(out["confidence"][i, k])
+    degenerate = not math.isfinite(row["aop_deg"])
+    finite = bool(np.all(np.isfinite(out["confidence"][i])) and
+                  np.all(np.isfinite(out["landmarks"][i])))
     lowest = float(np.min(out["confidence"][i]))
-    row["low_confidence"] = bool(lowest < min_confidence or not math.isfinite(row["aop_deg"]))
+    row["low_confidence"] = bool(not finite or not lowest >= min_confidence or degenerate)
+    row["degenerate"] = degenerate
     rows.append(row)
   return rows
 
 
 def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3, progress=True,
-                  on_batch=None):
+                  on_batch=None, max_pixels=image_files.MAX_PIXELS):
   """Predicts every file; unreadable ones are skipped and reported, never abort the run.
 
   Args:
@@ -188,21 +231,26 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
     paths: image file paths.
     batch_size: images per model call (equal-size runs within a batch go in one call).
     num_workers: reader/decoder threads.
-    min_confidence: rows whose lowest peak is below this (or whose AoP is undefined) get
-      `low_confidence` True.
+    min_confidence: rows whose lowest peak is below this (or not finite, or whose AoP is
+      undefined) get `low_confidence` True.
     progress: show a tqdm bar.
     on_batch: optional `on_batch(paths, images, outputs)` (e.g. overlays).
+    max_pixels: files whose header declares more pixels are skipped (0: no limit).
 
   Returns:
-    (rows: list of dicts in `paths` order, failures: list of (path, reason)).
+    (rows: list of dicts in `paths` order, failures: list of (path, reason));
+    `len(rows) + len(failures) == len(paths)`.
   """
+  def read(path):
+    return read_image(path, max_pixels)
+
   rows, failures = [], []
   batch_size = max(1, int(batch_size))
   with futures.ThreadPoolExecutor(max(1, int(num_workers))) as pool, \
       tqdm(total=len(paths), unit="img", desc="predict", disable=not progress,
            dynamic_ncols=True, file=sys.stdout) as bar:
     # Decoding runs ahead of the model by two batches.
-    pending = [pool.submit(read_image, p) for p in paths[:2 * batch_size]]
+    pending = [pool.submit(read, p) for p in paths[:2 * batch_size]]
     next_index = len(pending)
     for start in range(0, len(paths), batch_size):
       batch_paths = paths[start:start + batch_size]
@@ -210,14 +258,16 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
       for path in batch_paths:
         job = pending.pop(0)
         if next_index < len(paths):
-          pending.append(pool.submit(read_image, paths[next_index]))
+          pending.append(pool.submit(read, paths[next_index]))
           next_index += 1
         try:
           images.append(job.result())
           good_paths.append(path)
-        except ValueError as e:
-          failures.append((path, str(e)))
-          tqdm.write(f"[predict] skipped {e}", file=sys.stderr)
+        except Exception as e:  # pylint: disable=broad-except
+          reason = str(e) if isinstance(e, ValueError) else (
+              f"{path}: cannot read ({type(e).__name__}: {_first_line(e)})")
+          failures.append((path, reason))
+          tqdm.write(f"[predict] skipped {reason}", file=sys.stderr)
       if images:
         ok_paths, ok_images, out = _predict_batch(model, good_paths, images, failures)
         if ok_paths:
@@ -233,8 +283,7 @@ def _predict_batch(model, paths, images, failures):
   try:
     return paths, images, model.predict(images)
   except Exception:  # pylint: disable=broad-except
-    if len(images) == 1:
-      raise
+    pass
   ok_paths, ok_images, parts = [], [], []
   for path, image in zip(paths, images):
     try:
@@ -242,7 +291,8 @@ def _predict_batch(model, paths, images, failures):
       ok_paths.append(path)
       ok_images.append(image)
     except Exception as e:  # pylint: disable=broad-except
-      reason = f"{path}: the model failed on this {image.shape} image ({type(e).__name__}: {e})"
+      reason = (f"{path}: the model failed on this {image.shape} image ({type(e).__name__}: "
+                f"{_first_line(e)})")
       failures.append((path, reason))
       tqdm.write(f"[predict] skipped {reason}", file=sys.stderr)
   if not parts:
@@ -252,9 +302,10 @@ def _predict_batch(model, paths, images, failures):
 
 def write_csv(path, rows):
   """One row per image: filename, PS1_x, PS1_y, ..., aop_deg, PS1_confidence, ...,
-  low_confidence (1/0); coordinates in each image's pixels, 3 decimals."""
+  low_confidence, degenerate (1/0); coordinates in each image's pixels, 3 decimals; NaN as nan."""
   columns = (["filename"] + [f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y")] +
-             ["aop_deg"] + [f"{n}_confidence" for n in LANDMARK_NAMES] + ["low_confidence"])
+             ["aop_deg"] + [f"{n}_confidence" for n in LANDMARK_NAMES] +
+             ["low_confidence", "degenerate"])
   _ensure_parent(path)
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, columns)
@@ -294,9 +345,17 @@ def overlay_writer(overlay_dir, common_root=None):
 
   def on_batch(paths, images, out):
     for i, (path, image) in enumerate(zip(paths, images)):
-      rgb = visualize.overlay(image, pred=out["landmarks"][i], aop_pred=float(out["aop_deg"][i]),
-                              title=os.path.basename(path))
-      visualize.save_png(name_for(path), rgb)
+      height, width = image.shape[:2]
+      # Upscale small images to 512 px, but keep the canvas of a thin strip (e.g. 1x10000) small.
+      min_size = int(max(1, min(512, 4096 * min(height, width) / max(height, width))))
+      try:
+        rgb = visualize.overlay(image, pred=out["landmarks"][i],
+                                aop_pred=float(out["aop_deg"][i]), title=os.path.basename(path),
+                                min_size=min_size)
+        visualize.save_png(name_for(path), rgb)
+      except (ValueError, OSError, MemoryError, cv2.error) as e:  # The prediction stands.
+        tqdm.write(f"[predict] warning: no overlay for {path} ({type(e).__name__}: "
+                   f"{_first_line(e)})", file=sys.stderr)
 
   return on_batch
 
@@ -318,6 +377,8 @@ def _define_flags():
   flags.DEFINE_integer("batch_size", 8, "Images per model call.")
   flags.DEFINE_integer("num_workers", 4, "Threads that read and decode images.")
   flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads (default: LiteRT's).")
+  flags.DEFINE_integer("max_pixels", image_files.MAX_PIXELS, "Skip files whose header declares "
+                       "more pixels (width * height) than this; 0: no limit.")
 
 
 def main(argv):
@@ -340,16 +401,18 @@ def main(argv):
     on_batch = overlay_writer(FLAGS.overlay_dir, root)
   start = time.perf_counter()
   rows, failures = predict_files(model, paths, FLAGS.batch_size, FLAGS.num_workers,
-                                 FLAGS.min_confidence, on_batch=on_batch)
+                                 FLAGS.min_confidence, on_batch=on_batch,
+                                 max_pixels=FLAGS.max_pixels)
   seconds = time.perf_counter() - start
   if fmt == "json":
     write_json(FLAGS.output, rows, failures, FLAGS.model)
   else:
     write_csv(FLAGS.output, rows)
   n_low = sum(row["low_confidence"] for row in rows)
+  n_degenerate = sum(row["degenerate"] for row in rows)
   print(f"[predict] {len(rows)} images -> {FLAGS.output} in {seconds:.1f} s "
         f"({len(rows) / max(seconds, 1e-9):.1f} img/s); {n_low} low confidence "
-        f"(< {FLAGS.min_confidence}); {len(failures)} skipped")
+        f"(< {FLAGS.min_confidence}), {n_degenerate} with undefined AoP; {len(failures)} skipped")
   for path, reason in failures:
     print(f"[predict]   skipped: {reason}", file=sys.stderr)
   if FLAGS.overlay_dir:
@@ -359,4 +422,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main, "predict")

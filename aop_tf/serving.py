@@ -11,7 +11,14 @@ model's input (`data.preprocess_image`, the one resize), runs the model, and dec
 
 Signatures (`SIGNATURES`): `serving_default` takes `images`, tf.string [B] encoded PNG/JPEG/BMP/GIF
 bytes of any size, gray or colour (what TF Serving's REST `{"b64": ...}` delivers); `serve_images`
-takes `images`, uint8 [B, H, W, C] (C = 1..4) of one size. The TFLite graph (`tflite_fn`) takes
+takes `images`, uint8 [B, H, W, C] (C = 1..4) of one size.
+
+Bad input raises, it never returns numbers: another dtype is refused by the signature itself
+("expected to be a uint8 tensor"); an image with no pixels or with C outside 1..4 fails an
+assertion that says so; one undecodable element fails a `serving_default` call with the decoder's
+message ("Unknown image file format", "Invalid PNG"), so a client resends the images one by one to
+find it (`aop_tf.predict` does). An empty batch (B = 0) answers with empty outputs. The TFLite
+graph (`tflite_fn`) takes
 `images`, uint8 [1, H, W, C] of any size; it resizes with `preprocess_image_tflite`, the same
 antialiased bilinear resize written as matrix products, because TF's `ScaleAndTranslate` kernel
 (behind `tf.image.resize(antialias=True)`) has no TFLite builtin.
@@ -78,6 +85,29 @@ def run_and_decode(model, images, size_px, params):
   return {"landmarks": landmarks, "aop_deg": aop, "confidence": confidence, "heatmaps": maps}
 
 
+def _at_least_one(model, images, size_px, params):
+  """`run_and_decode` that also answers an empty batch: the model (whose batch norm kernels refuse
+  B = 0) runs on one padded dummy image and the outputs are cut back to B = 0."""
+  n = tf.shape(images)[0]
+  pad = tf.maximum(1 - n, 0)
+  images = tf.pad(images, [[0, pad], [0, 0], [0, 0], [0, 0]])
+  size_px = tf.pad(size_px, [[0, pad], [0, 0]], constant_values=1.0)
+  outputs = run_and_decode(model, images, size_px, params)
+  return {key: value[:n] for key, value in outputs.items()}
+
+
+def _checked(images):
+  """uint8 [B, H, W, C] after an assertion that H, W >= 1 and C in 1..4."""
+  shape = tf.shape(images)
+  ok = tf.logical_and(tf.reduce_all(shape[1:3] >= 1),
+                      tf.logical_and(shape[3] >= 1, shape[3] <= 4))
+  check = tf.debugging.Assert(ok, [
+      "serve_images: images must be uint8 [B, H, W, C] with H, W >= 1 and C = 1 (gray), "
+      "2 (gray + alpha), 3 (RGB) or 4 (RGBA); got shape", shape], summarize=4)
+  with tf.control_dependencies([check]):
+    return tf.identity(images)
+
+
 def _size_px(image):
   """`(width, height)` float32 [2] of an [H, W, C] image."""
   shape = tf.shape(image)
@@ -89,11 +119,12 @@ def images_fn(model, params):
   size, channels = params["input_size"], params["input_channels"]
 
   def serve_images(images):
+    images = _checked(images)
     prepared = data.preprocess_image(images, size, channels)
     shape = tf.shape(images)
     size_px = tf.cast(tf.stack([shape[2], shape[1]]), tf.float32)
     size_px = tf.tile(size_px[None], [shape[0], 1])
-    return run_and_decode(model, prepared, size_px, params)
+    return _at_least_one(model, prepared, size_px, params)
 
   return serve_images
 
@@ -112,7 +143,7 @@ def encoded_fn(model, params):
         decode_one, images,
         fn_output_signature=(tf.TensorSpec([size, size, channels], tf.float32),
                              tf.TensorSpec([2], tf.float32)))
-    return run_and_decode(model, prepared, size_px, params)
+    return _at_least_one(model, prepared, size_px, params)
 
   return serving_default
 

@@ -142,7 +142,7 @@ def test_cli_csv_json_and_overlays(setup, tmp_path):
   assert len(rows) == len(setup["good"])
   assert list(rows[0]) == (["filename", "PS1_x", "PS1_y", "PS2_x", "PS2_y", "FH1_x", "FH1_y",
                             "aop_deg", "PS1_confidence", "PS2_confidence", "FH1_confidence",
-                            "low_confidence"])
+                            "low_confidence", "degenerate"])
   assert "2 skipped" in result.stdout
   assert "broken.png" in result.stderr and "empty.png" in result.stderr
   overlays = sorted(os.listdir(tmp_path / "overlays"))
