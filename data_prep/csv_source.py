@@ -17,11 +17,13 @@ import codecs
 import collections
 import csv
 import io
+import itertools
 import os
 
 import numpy as np
 
 from aop_tf import LANDMARK_NAMES
+from aop_tf import geometry
 from data_prep import SPLITS, InputError, Record, images, points
 
 FILENAME_COLUMN = "Filename"
@@ -119,27 +121,32 @@ def read_text(csv_path, encoding="auto"):
     return data.decode(encoding)
   except UnicodeDecodeError as e:
     line = data[:e.start].count(b"\n") + 1
-    raise ValueError(
-        f"{csv_path} line {line}: not {encoding} text (byte {data[e.start:e.start + 1]!r} at "
-        f"offset {e.start}); save the CSV as UTF-8, or name its encoding (--csv_encoding=cp1252 "
-        "for an Excel export in Western Europe)") from None
+    hint = ("it looks like UTF-16 without a byte-order mark: save it as UTF-8, or pass "
+            "--csv_encoding=utf-16-le" if b"\x00" in data[:200] else
+            "save the CSV as UTF-8, or name its encoding (--csv_encoding=cp1252 for an Excel "
+            "export in Western Europe)")
+    raise ValueError(f"{csv_path} line {line}: not {encoding} text (byte "
+                     f"{data[e.start:e.start + 1]!r} at offset {e.start}); {hint}") from None
 
 
 def _dict_rows(csv_path, encoding="auto"):
-  """(header, [(line of the row's first physical line, row dict or csv.Error)])."""
-  reader = csv.DictReader(io.StringIO(read_text(csv_path, encoding), newline=""))
+  """(header, [(line of the row's first physical line, {header: cell} or csv.Error)]).
+
+  Blank lines are not rows; cells missing at the end of a short row are None.
+  """
+  reader = csv.reader(io.StringIO(read_text(csv_path, encoding), newline=""))
   try:
-    fieldnames = reader.fieldnames
+    fieldnames = next(reader, None)
   except csv.Error as e:
     raise ValueError(f"{csv_path} line 1: cannot read the header ({e})") from None
-  if any("\x00" in (name or "") for name in fieldnames or ()):
+  if any("\x00" in name for name in fieldnames or ()):
     raise ValueError(f"{csv_path} line 1: NUL characters in the header; this is not a text CSV "
                      "(UTF-16 without a byte-order mark? save it as UTF-8)")
   rows = []
   line = reader.line_num
   while True:
     try:
-      row = next(reader)
+      cells = next(reader)
     except StopIteration:
       break
     except csv.Error as e:
@@ -148,7 +155,8 @@ def _dict_rows(csv_path, encoding="auto"):
       rows.append((line + 1, e))
       line += 1
       continue
-    rows.append((line + 1, row))
+    if cells:
+      rows.append((line + 1, dict(itertools.zip_longest(fieldnames, cells[:len(fieldnames)]))))
     line = reader.line_num
   return fieldnames, rows
 
@@ -236,6 +244,11 @@ def _row_record(row, image_dir):
       parsed.append(points.parse_point(row.texts[name], f"{where}, column {name}"))
     except points.PointError as e:
       raise InputError(str(e), "bad point") from e
+  landmarks = np.asarray(parsed, np.float32)
+  # Refused here, before the row claims its file name, so that a later row can still fix it.
+  if bool(geometry.is_degenerate(landmarks)):
+    raise InputError(f"{where}: PS1 coincides with PS2 or FH1 {landmarks.tolist()}; the AoP is "
+                     "undefined", "degenerate landmarks")
   path, relative = resolve_in_folder(image_dir, row.filename, where)
   try:
     image = images.read_gray(path)
@@ -247,9 +260,7 @@ def _row_record(row, image_dir):
       points.check_in_image(point, size, f"{where}, column {name}, image {relative}")
     except points.PointError as e:
       raise InputError(str(e), "point outside image") from e
-  # Coincident points (undefined AoP) are refused by data_prep.build for every source at once.
-  return Record(filename=relative, image=image, landmarks=np.asarray(parsed, np.float32),
-                where=where)
+  return Record(filename=relative, image=image, landmarks=landmarks, where=where)
 
 
 def iter_records(rows, image_dir, seen, split):
