@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from aop_tf import LANDMARK_NAMES
+from aop_tf import decode as decode_lib
 from aop_tf import geometry
 from aop_tf import heatmap
 from aop_tf import metrics
@@ -193,13 +194,14 @@ class Validation(keras.callbacks.Callback):
   """
 
   def __init__(self, status, dataset, keras_dataset, decode_method, blur_sigma_cells, val_every,
-               epochs):
+               epochs, fh1_method="heatmap"):
     super().__init__()
     self.status = status
     self.dataset = dataset
     self.keras_dataset = keras_dataset
     self.decode_method = decode_method
     self.blur_sigma_cells = blur_sigma_cells
+    self.fh1_method = fh1_method
     self.val_every = max(1, int(val_every))
     self.epochs = epochs
 
@@ -216,7 +218,7 @@ class Validation(keras.callbacks.Callback):
       return
     losses = self.model.evaluate(self.keras_dataset, verbose=0, return_dict=True)
     preds = metrics.predict_on_dataset(self.model, self.dataset, self.decode_method,
-                                       self.blur_sigma_cells)
+                                       self.blur_sigma_cells, fh1_method=self.fh1_method)
     report = metrics.report(metrics.per_image_errors(preds["pred_px"], preds["gt_px"],
                                                      preds["size_px"]))
     values = {f"val_{name}": float(value) for name, value in losses.items()}
@@ -243,19 +245,20 @@ class TensorBoardLogger(keras.callbacks.Callback):
     log_dir: event-file folder.
     tb_batch: None, or a dict of numpy arrays of the fixed images: `image` [N,S,S,C] 0..255,
       `landmarks` [N,3,2] original pixels, `size_px` [N,2].
-    decode_method, blur_sigma_cells: as for validation.
+    decode_method, blur_sigma_cells, fh1_method: as for validation.
     heatmap_scale: target amplitude; heatmaps are divided by it for display on a 0..1 scale.
     images_per_epoch: training images per epoch (for throughput).
   """
 
   def __init__(self, status, log_dir, tb_batch, decode_method, blur_sigma_cells, heatmap_scale,
-               images_per_epoch):
+               images_per_epoch, fh1_method="heatmap"):
     super().__init__()
     self.status = status
     self.log_dir = log_dir
     self.tb_batch = tb_batch
     self.decode_method = decode_method
     self.blur_sigma_cells = blur_sigma_cells
+    self.fh1_method = fh1_method
     self.heatmap_scale = heatmap_scale
     self.images_per_epoch = images_per_epoch
     self.writer = None
@@ -307,9 +310,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
   def pictures(self):
     """Overlays and heatmap panels of the fixed images: two uint8 arrays [N,H,W,3]."""
     batch = self.tb_batch
-    maps = self.model(batch["image"], training=False)["heatmaps"]
-    pred_px, aop_pred, _ = heatmap.decode_landmarks(maps, batch["size_px"], self.decode_method,
-                                                    self.blur_sigma_cells)
+    outputs = self.model(batch["image"], training=False)
+    maps = outputs["heatmaps"]
+    pred_px, aop_pred, _ = decode_lib.decode_outputs(outputs, batch["size_px"], self.decode_method,
+                                                     self.blur_sigma_cells, self.fh1_method)
     aop_gt = geometry.aop_deg(batch["landmarks"]).numpy()
     side = batch["image"].shape[1]
     # The pictures show the model input (S x S); points map there from the original frame, the AoP

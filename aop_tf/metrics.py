@@ -21,6 +21,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from aop_tf import LANDMARK_NAMES
+from aop_tf import decode as decode_lib
 from aop_tf import geometry
 from aop_tf import heatmap
 
@@ -30,37 +31,28 @@ AOP_THRESHOLD_DEG = 120.0
 SDR_RADII_512 = (2.0, 4.0, 8.0)
 
 
-def _heatmaps_of(outputs):
-  """The heatmap tensor of a model output: a dict with "heatmaps", or the tensor itself."""
-  if isinstance(outputs, dict):
-    if "heatmaps" not in outputs:
-      raise KeyError(f"Model outputs {sorted(outputs)} have no 'heatmaps'.")
-    return outputs["heatmaps"]
-  return outputs
-
-
 # Traced prediction steps per Keras model, so that calling `predict_on_dataset` every epoch does
 # not retrace (about 0.5 s each time for the CPU model). Weak keys, and the steps hold the model
 # only weakly, so a model and its steps are freed together.
 _STEPS = weakref.WeakKeyDictionary()
 
 
-def _step_fn(model, decode_method, blur_sigma_cells, image_shape):
+def _step_fn(model, decode_method, blur_sigma_cells, image_shape, fh1_method="heatmap"):
   """tf.function `(images [B,S,S,C], size_px [B,2]) -> (landmarks_px, confidence, heatmaps)`."""
   if isinstance(model, keras.Model):
     model_ref = weakref.ref(model)
-    forward = lambda images: _heatmaps_of(model_ref()(images, training=False))
+    forward = lambda images: model_ref()(images, training=False)
     cache = _STEPS.setdefault(model, {})
   else:
-    forward = lambda images: _heatmaps_of(model(images))
+    forward = model
     cache = {}
-  key = (decode_method, float(blur_sigma_cells or 0.0), tuple(image_shape))
+  key = (decode_method, float(blur_sigma_cells or 0.0), tuple(image_shape), fh1_method)
   if key not in cache:
     def decode(images, size_px):
-      maps = tf.cast(forward(images), tf.float32)
-      landmarks, _, confidence = heatmap.decode_landmarks(maps, size_px, decode_method,
-                                                          blur_sigma_cells)
-      return landmarks, confidence, maps
+      outputs = forward(images)
+      landmarks, _, confidence = decode_lib.decode_outputs(
+          outputs, size_px, decode_method, blur_sigma_cells, fh1_method)
+      return landmarks, confidence, tf.cast(decode_lib.heatmaps_of(outputs), tf.float32)
 
     # One trace for every batch size (the last batch is usually short).
     cache[key] = tf.function(decode, autograph=False, input_signature=[
@@ -74,7 +66,8 @@ def _to_str(values):
 
 
 def predict_on_dataset(model, dataset, decode_method="dark", blur_sigma_cells=0.0,
-                       keep_heatmaps=False, progress=False, total=None, timing=None):
+                       keep_heatmaps=False, progress=False, total=None, timing=None,
+                       fh1_method="heatmap"):
   """Runs a model over a batched evaluation dataset and decodes the landmarks.
 
   Args:
@@ -84,6 +77,7 @@ def predict_on_dataset(model, dataset, decode_method="dark", blur_sigma_cells=0.
     dataset: batches of `data.make_dataset(..., training=False)`: dicts with `image`,
       `landmarks` [B,3,2] original pixels, `size_px` [B,2] `(width, height)`, `filename` [B].
     decode_method, blur_sigma_cells: see `heatmap.decode_heatmaps`.
+    fh1_method: see `decode.decode_outputs` ("tangent" needs the model's segmentation output).
     keep_heatmaps: also return the raw heatmaps.
     progress: show a progress bar (counting images; `total` images if known).
     total: number of images, for the progress bar.
@@ -108,7 +102,8 @@ def predict_on_dataset(model, dataset, decode_method="dark", blur_sigma_cells=0.
             dynamic_ncols=True) as bar:
     for batch in dataset:
       if step is None:
-        step = _step_fn(model, decode_method, blur_sigma_cells, batch["image"].shape[1:])
+        step = _step_fn(model, decode_method, blur_sigma_cells, batch["image"].shape[1:],
+                        fh1_method)
       t0 = time.perf_counter()
       landmarks, confidence, maps = step(tf.cast(batch["image"], tf.float32),
                                          tf.cast(batch["size_px"], tf.float32))

@@ -33,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 from aop_tf import augment as augment_lib  # noqa: E402
 from aop_tf import callbacks as callbacks_lib  # noqa: E402
 from aop_tf import data  # noqa: E402
+from aop_tf import decode as decode_lib  # noqa: E402
 from aop_tf import heatmap  # noqa: E402
 from aop_tf import losses  # noqa: E402
 from aop_tf import model as model_lib  # noqa: E402
@@ -99,6 +100,7 @@ class TrainConfig:
   # Decoding (validation metrics, TensorBoard, and config.json for evaluate/export).
   decode_method: str = "argmax"
   decode_blur_sigma: float = 0.0
+  fh1_method: str = "heatmap"
   # Run.
   model_dir: str = ""
   resume: bool = True
@@ -151,6 +153,10 @@ def check_config(config):
   _check_choice("lr_schedule", config.lr_schedule, callbacks_lib.LR_SCHEDULES)
   _check_choice("decode_method", config.decode_method, heatmap.DECODE_METHODS)
   _check_choice("norm", config.norm, NORMS)
+  try:
+    decode_lib.check_fh1_method(config.fh1_method, config.seg_classes)
+  except ValueError as e:
+    raise ConfigError(f"--fh1_method: {e}") from None
   _check_choice("input_channels", config.input_channels, (1, 3))
   _check_positive(config, "input_size", "base_filters", "depth", "heatmap_size", "sigma_cells",
                   "heatmap_scale", "learning_rate", "epochs", "batch_size", "lr_step_epochs",
@@ -211,7 +217,8 @@ def config_json(config):
       "model": model_kwargs(config),
       "pipeline": {"input_size": config.input_size, "input_channels": config.input_channels,
                    "heatmap_size": config.heatmap_size, "sigma_cells": config.sigma_cells},
-      "decode": {"method": config.decode_method, "blur_sigma_cells": config.decode_blur_sigma},
+      "decode": {"method": config.decode_method, "blur_sigma_cells": config.decode_blur_sigma,
+                 "fh1_method": config.fh1_method},
       "flags": dataclasses.asdict(config),
   }
 
@@ -220,7 +227,7 @@ def config_json(config):
 # The learning-rate knobs may change (e.g. a lower rate after a NaN), at the cost of exactness.
 _RESUMABLE = {"epochs", "model_dir", "resume", "checkpoint_every", "val_every", "num_tb_images",
               "max_train_minutes", "verbose", "data_dir", "jit_compile", "cache", "decode_method",
-              "decode_blur_sigma", "learning_rate", "lr_schedule", "lr_step_epochs",
+              "decode_blur_sigma", "fh1_method", "learning_rate", "lr_schedule", "lr_step_epochs",
               "lr_step_factor", "warmup_epochs"}
 
 
@@ -427,12 +434,13 @@ def train(config, extra_callbacks=()):
           step_factor=config.lr_step_factor, warmup_epochs=config.warmup_epochs),
       guard,
       callbacks_lib.Validation(status, val_ds, val_keras, config.decode_method,
-                               config.decode_blur_sigma, config.val_every, config.epochs),
+                               config.decode_blur_sigma, config.val_every, config.epochs,
+                               config.fh1_method),
       callbacks_lib.TensorBoardLogger(
           status, os.path.join(model_dir, "logs"),
           _tb_batch(data_dir, config.val_split, pipeline, config.num_tb_images),
           config.decode_method, config.decode_blur_sigma, config.heatmap_scale,
-          steps_per_epoch * config.batch_size),
+          steps_per_epoch * config.batch_size, config.fh1_method),
       callbacks_lib.Checkpointer(status, model_dir, config.checkpoint_every, state),
   ]
   verbose = config.verbose if config.verbose >= 0 else (1 if sys.stdout.isatty() else 2)
@@ -519,6 +527,9 @@ def define_flags(flag_values=flags.FLAGS):
   f.DEFINE_enum("decode_method", d.decode_method, list(heatmap.DECODE_METHODS),
                 "Heatmap decoding for validation and config.json.")
   f.DEFINE_float("decode_blur_sigma", d.decode_blur_sigma, "dark: pre-blur sigma, cells.")
+  f.DEFINE_enum("fh1_method", d.fh1_method, list(decode_lib.FH1_METHODS),
+                "FH1 from its heatmap, or the tangent from PS1 to the predicted fetal head "
+                "(needs --seg_classes=3).")
   f.DEFINE_string("model_dir", d.model_dir, "Training directory (created; resumed if it holds "
                   "latest.keras).")
   f.DEFINE_boolean("resume", d.resume, "Continue a model dir that holds latest.keras.")

@@ -233,7 +233,8 @@ def test_smoke_run_writes_the_training_directory(reference_run, phantom_dir):
                                  seg_classes=0)
   assert config["pipeline"] == dict(input_size=64, input_channels=1, heatmap_size=16,
                                     sigma_cells=1.0)
-  assert config["decode"] == {"method": "dark", "blur_sigma_cells": 1.0}
+  assert config["decode"] == {"method": "dark", "blur_sigma_cells": 1.0,
+                              "fh1_method": "heatmap"}
   assert config["flags"]["learning_rate"] == 1e-3
   for name in ("latest", "best_val_loss", "best_val_mre", "epoch_0002"):
     assert os.path.exists(model_dir_lib.checkpoint_path(model_dir, name)), name
