@@ -130,7 +130,8 @@ def load_keras_file(path, compile=False):
     else:
       advice = ("it is corrupt, truncated or not a Keras model; use another checkpoint "
                 "(e.g. --checkpoint=epoch_NNNN) or retrain")
-    raise ValueError(f"{path}: cannot load ({type(e).__name__}: {detail[:300]}); {advice}.") from None
+    raise ValueError(f"{path}: cannot load ({type(e).__name__}: {detail[:300]}); "
+                     f"{advice}.") from None
 
 
 def load_model(model_dir, which=None, compile=False):

@@ -61,6 +61,13 @@ def as_model_input(image, where="image"):
   return image
 
 
+def _empty_outputs(heatmap_shape):
+  """The outputs of an empty batch: arrays with 0 rows (`heatmap_shape`: [B, R, R, 3])."""
+  return {"landmarks": np.zeros((0, 3, 2), np.float32), "aop_deg": np.zeros((0,), np.float32),
+          "confidence": np.zeros((0, 3), np.float32),
+          "heatmaps": np.zeros((0, *[int(d or 0) for d in list(heatmap_shape)[1:]]), np.float32)}
+
+
 class TFLiteModel:
   """Runs `model.tflite` (uint8 [1, H, W, C] in) with the LiteRT interpreter, one image at a time.
 
@@ -75,7 +82,9 @@ class TFLiteModel:
     self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
     runner = self._interpreter.get_signature_runner(serving.SERVING_DEFAULT)
     self._input = runner.get_input_details()["images"]["index"]
-    self._outputs = {k: v["index"] for k, v in runner.get_output_details().items()}
+    outputs = runner.get_output_details()
+    self._outputs = {k: v["index"] for k, v in outputs.items()}
+    self._heatmap_shape = outputs.get("heatmaps", {}).get("shape", [1, 0, 0, 3])
     missing = set(serving.OUTPUT_KEYS) - set(self._outputs)
     if missing:
       raise ValueError(f"{path} lacks outputs {sorted(missing)}; re-export it with "
@@ -94,6 +103,8 @@ class TFLiteModel:
 
   def predict(self, images):
     """list of uint8 [H, W, C] -> dict of numpy arrays stacked over the list (`OUTPUT_KEYS`)."""
+    if not len(images):
+      return _empty_outputs(self._heatmap_shape)
     parts = [self._run(image) for image in images]
     return {k: np.concatenate([p[k] for p in parts]) for k in serving.OUTPUT_KEYS}
 
@@ -117,6 +128,8 @@ class SavedModelModel:
   def predict(self, images):
     """list of uint8 [H, W, C] -> dict of numpy arrays stacked over the list (`OUTPUT_KEYS`)."""
     images = [as_model_input(image, f"image {i}") for i, image in enumerate(images)]
+    if not images:
+      return _empty_outputs(self._fn.structured_outputs["heatmaps"].shape)
     parts = []
     start = 0
     while start < len(images):
