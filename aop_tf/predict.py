@@ -402,11 +402,12 @@ def main(argv):
       raise app.UsageError(f"--{name} is required.")
   fmt = FLAGS.format or ("json" if FLAGS.output.lower().endswith(".json") else "csv")
   paths, unmatched = find_inputs(FLAGS.inputs)
+  if not paths:
+    raise FileNotFoundError(f"--inputs {','.join(FLAGS.inputs)}: no image files there "
+                            f"({', '.join(IMAGE_EXTENSIONS)} in folders; files and globs as "
+                            "given); check the paths.")
   for spec in unmatched:
     print(f"[predict] warning: --inputs entry {spec!r} matched no image file", file=sys.stderr)
-  if not paths:
-    print("[predict] no input images found; check --inputs.", file=sys.stderr)
-    return 1
   model = load_exported(FLAGS.model, FLAGS.num_threads)
   on_batch = None
   if FLAGS.overlay_dir:
