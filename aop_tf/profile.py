@@ -118,20 +118,33 @@ class NvidiaSmiSampler:
       self._thread.join(timeout=5)
 
 
+def _peak_rss_bytes(pid):
+  """The kernel's high-water mark of a process's RSS since its exec (Linux VmHWM), or None."""
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
 class _TreeSampler:
-  """CPU (from cpu_times deltas) and RSS of a process and its descendants."""
+  """CPU (from cpu_times deltas), RSS and peak RSS of a process and its descendants."""
 
   def __init__(self, pid):
     self.root = psutil.Process(pid)
     self._procs = {}  # pid -> (Process, cpu seconds at the last sample)
 
   def sample(self):
-    """-> (cpu seconds used since the last sample, RSS bytes, number of live processes)."""
+    """-> (cpu seconds used since the last sample, RSS bytes, number of live processes, sum of
+    the processes' peak RSS (VmHWM, else RSS) bytes or None if no process had a VmHWM)."""
     try:
       procs = [self.root] + self.root.children(recursive=True)
     except psutil.Error:
       procs = [self.root]
-    used_s, rss, alive = 0.0, 0, 0
+    used_s, rss, alive, peak, has_hwm = 0.0, 0, 0, 0, False
     for proc in procs:
       try:
         with proc.oneshot():
@@ -148,7 +161,10 @@ class _TreeSampler:
       self._procs[proc.pid] = (proc, total)
       rss += mem
       alive += 1
-    return used_s, rss, alive
+      hwm = _peak_rss_bytes(proc.pid)
+      has_hwm = has_hwm or hwm is not None
+      peak += max(hwm or 0, mem)
+    return used_s, rss, alive, (peak if has_hwm else None)
 
 
 def _reader(stream, sink, tail):
@@ -175,8 +191,10 @@ def profile_command(argv, interval_s=0.1, gpu="auto", echo=True, env=None, tail_
 
   Returns:
     dict: `command`, `returncode`, `runtime_s`, `interval_s`, `series` (lists of `SERIES_KEYS`;
-    `t_s` seconds since the start, GPU lists None without a GPU), `ram_peak_rusage_mib` (the
-    exact peak RSS of the command's own process, from wait4; None where unavailable),
+    `t_s` seconds since the start, GPU lists None without a GPU), `ram_peak_hwm_mib` (the
+    kernel's peak-RSS marks (VmHWM) summed over the tree, the largest sum seen: exact for one
+    process, which sampling can miss between samples, and an upper bound for several; None where
+    the system does not report it),
     `gpu` (None or the whole-device memory in use before the start, `gpu_mem_baseline_mib`),
     `output_tail`, `loadavg_before`, `loadavg_after`.
   """
@@ -215,13 +233,15 @@ def profile_command(argv, interval_s=0.1, gpu="auto", echo=True, env=None, tail_
       target=_reader, args=(proc.stdout, sys.stdout.buffer if echo else None, tail), daemon=True)
   reader.start()
   tree = _TreeSampler(proc.pid)
-  rusage_peak_mib = None
+  hwm_peak_mib = None
   last_t = 0.0
   status = None
   try:
     while True:
       now = time.perf_counter() - start
-      used_s, rss, alive = tree.sample()
+      used_s, rss, alive, hwm = tree.sample()
+      if hwm is not None:
+        hwm_peak_mib = max(hwm_peak_mib or 0.0, hwm / MIB)
       gpu_util, gpu_mem = sampler_gpu.latest() if sampler_gpu is not None else (None, None)
       series["t_s"].append(now)
       series["cpu_percent"].append(100.0 * used_s / (now - last_t) if series["t_s"][1:] else 0.0)
@@ -231,15 +251,8 @@ def profile_command(argv, interval_s=0.1, gpu="auto", echo=True, env=None, tail_
       series["gpu_percent"].append(gpu_util)
       series["gpu_mem_mib"].append(gpu_mem)
       last_t = now
-      # wait4 reaps the child and reports its own peak RSS; Popen.poll would lose that.
-      if hasattr(os, "wait4"):
-        pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-          status = os.waitstatus_to_exitcode(wait_status)
-          proc.returncode = status
-          rusage_peak_mib = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / MIB
-      else:
-        status = proc.poll()
+      # (Not wait4's ru_maxrss: after fork and exec it also counts the parent's memory.)
+      status = proc.poll()
       if status is not None:
         break
       time.sleep(max(0.0, interval_s - (time.perf_counter() - start - now)))
@@ -260,7 +273,7 @@ def profile_command(argv, interval_s=0.1, gpu="auto", echo=True, env=None, tail_
       "runtime_s": runtime_s,
       "interval_s": interval_s,
       "series": series,
-      "ram_peak_rusage_mib": rusage_peak_mib,
+      "ram_peak_hwm_mib": hwm_peak_mib,
       "gpu": gpu_info,
       "output_tail": list(tail),
       "loadavg_before": loadavg_before,
@@ -281,7 +294,7 @@ def summarize(result):
 
   Returns:
     dict: `runtime_s`; `cpu_max_percent`, `cpu_mean_percent`, `cpu_auc_percent_s` (percent of one
-    core); `ram_max_mib` (the larger of the sampled tree maximum and the exact rusage peak),
+    core); `ram_max_mib` (the larger of the sampled tree maximum and the VmHWM peak),
     `ram_max_sampled_mib`, `ram_auc_mib_s`; `system_cpu_mean_percent` (whole machine, 100 = every
     core: the load the command competed with plus its own); and, with a GPU, `gpu_max_percent`,
     `gpu_auc_percent_s`, `gpu_mem_max_mib`, `gpu_mem_auc_mib_s` (whole device), else None.
@@ -291,7 +304,7 @@ def summarize(result):
   cpu = np.asarray(s["cpu_percent"], np.float64)
   rss = np.asarray(s["rss_mib"], np.float64)
   sampled_max = float(rss.max()) if rss.size else 0.0
-  peak = result.get("ram_peak_rusage_mib")
+  peak = result.get("ram_peak_hwm_mib")
   table = {
       "runtime_s": round(result["runtime_s"], 3),
       "cpu_max_percent": round(float(cpu.max()) if cpu.size else 0.0, 1),
@@ -411,8 +424,8 @@ def report(result, table, note=None):
       "machine": dict(machine_info(), loadavg_before=result["loadavg_before"],
                       loadavg_after=result["loadavg_after"]),
       "gpu": result["gpu"],
-      "ram_peak_rusage_mib": (None if result["ram_peak_rusage_mib"] is None
-                              else round(result["ram_peak_rusage_mib"], 1)),
+      "ram_peak_hwm_mib": (None if result["ram_peak_hwm_mib"] is None
+                           else round(result["ram_peak_hwm_mib"], 1)),
       "interval_s": result["interval_s"],
       "output_tail": result["output_tail"],
       "series": {"t_s": _rounded(s["t_s"], 3), "cpu_percent": _rounded(s["cpu_percent"], 1),
