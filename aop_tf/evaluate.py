@@ -32,6 +32,7 @@ import aop_tf
 from aop_tf import LANDMARK_NAMES
 from aop_tf import cli
 from aop_tf import data
+from aop_tf import decode as decode_lib
 from aop_tf import heatmap
 from aop_tf import metrics
 from aop_tf import model_dir as model_dir_lib
@@ -62,7 +63,8 @@ def _settings_from_config(config):
       pipeline[key] = model_kwargs[key]
   decode = config.get("decode", {})
   return pipeline, {"method": str(decode.get("method", "dark")),
-                    "blur_sigma_cells": float(decode.get("blur_sigma_cells", 0.0))}
+                    "blur_sigma_cells": float(decode.get("blur_sigma_cells", 0.0)),
+                    "fh1_method": str(decode.get("fh1_method", "heatmap"))}
 
 
 def eval_pipeline_config(pipeline, batch_size):
@@ -257,7 +259,7 @@ def overlay_indices(errors, count, order="file"):
 
 def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None,
              labels_csv=None, output_dir=None, decode_method=None, blur_sigma_cells=None,
-             overlays=16, overlay_order="file", batch_size=16, progress=True, verbose=True):
+             fh1_method=None, overlays=16, overlay_order="file", batch_size=16, progress=True, verbose=True):
   """Runs a model over one dataset and writes report.json, per_image.csv and overlays.
 
   Args:
@@ -269,6 +271,8 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
     output_dir: default `<model>/eval_<split>` (or `eval_<csv name>`).
     decode_method, blur_sigma_cells: default: config.json's (the export's for a SavedModel; an
       override re-decodes the exported heatmaps with the shared decoder).
+    fh1_method: training directory only (an export fixes it): "heatmap" or "tangent"; default
+      config.json's.
     overlays: number of overlay + heatmap panel PNGs (0 none, -1 all).
     overlay_order: "file" (first in file order) or "worst" (largest mean radial error first).
     batch_size: images per batch.
@@ -320,10 +324,19 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
     decode = dict(exported_decode or {"method": None, "blur_sigma_cells": None})
     redecode = ((decode_method is not None and decode_method != decode["method"]) or
                 (blur_sigma_cells is not None and blur_sigma_cells != decode["blur_sigma_cells"]))
+    exported_fh1 = decode.get("fh1_method", "heatmap")
+    if fh1_method is not None and fh1_method != exported_fh1:
+      raise ValueError(f"--fh1_method {fh1_method} differs from the export's {exported_fh1}; "
+                       "evaluate the training directory, or export with that method.")
+    if redecode and exported_fh1 != "heatmap":
+      raise ValueError(f"The export decodes FH1 by {exported_fh1!r}, which needs its "
+                       "segmentation output; its heatmaps alone cannot be re-decoded. Evaluate "
+                       "the training directory instead.")
     if redecode:
       decode = {"method": decode_method or decode["method"] or "dark",
                 "blur_sigma_cells": float(blur_sigma_cells if blur_sigma_cells is not None
-                                          else decode["blur_sigma_cells"] or 0.0)}
+                                          else decode["blur_sigma_cells"] or 0.0),
+                "fh1_method": "heatmap"}
     model_info = {"path": os.path.abspath(model), "kind": "saved_model",
                   "signature": SERVE_IMAGES, "redecoded": bool(redecode)}
   else:
@@ -333,6 +346,10 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
       decode["method"] = decode_method
     if blur_sigma_cells is not None:
       decode["blur_sigma_cells"] = float(blur_sigma_cells)
+    if fh1_method is not None:
+      decode["fh1_method"] = fh1_method
+    decode_lib.check_fh1_method(decode["fh1_method"],
+                                int(config.get("model", {}).get("seg_classes", 0)))
     model_info = {"path": os.path.abspath(model), "kind": "keras",
                   "checkpoint": checkpoint or _first_checkpoint(model)}
   if decode["method"] is not None and decode["method"] not in heatmap.DECODE_METHODS:
@@ -371,7 +388,8 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
                else data.make_dataset(data_dir, split, pipeline_config, training=False))
     preds = metrics.predict_on_dataset(net, dataset, decode["method"],
                                        decode["blur_sigma_cells"], keep_heatmaps=want_heatmaps,
-                                       progress=progress, total=total, timing=timing)
+                                       progress=progress, total=total, timing=timing,
+                                       fh1_method=decode["fh1_method"])
 
   errors = metrics.per_image_errors(preds["pred_px"], preds["gt_px"], preds["size_px"])
   summary = metrics.report(errors)
@@ -434,6 +452,8 @@ def _define_flags():
                     "Heatmap decoder; default config.json's.")
   flags.DEFINE_float("decode_blur_sigma", None, "DARK pre-blur sigma, cells; default "
                      "config.json's.")
+  flags.DEFINE_enum("fh1_method", None, list(decode_lib.FH1_METHODS),
+                    "FH1 from its heatmap or the head tangent; default config.json's.")
   flags.DEFINE_integer("overlays", 16, "Overlay + heatmap panel PNGs to write (0 none, -1 all).")
   flags.DEFINE_enum("overlay_order", "file", list(OVERLAY_ORDERS),
                     "Which images get overlays: first in file order, or worst first.")
@@ -449,7 +469,8 @@ def main(argv):
   evaluate(FLAGS.model, checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir, split=FLAGS.split,
            images_dir=FLAGS.images_dir, labels_csv=FLAGS.labels_csv,
            output_dir=FLAGS.output_dir, decode_method=FLAGS.decode_method,
-           blur_sigma_cells=FLAGS.decode_blur_sigma, overlays=FLAGS.overlays,
+           blur_sigma_cells=FLAGS.decode_blur_sigma, fh1_method=FLAGS.fh1_method,
+           overlays=FLAGS.overlays,
            overlay_order=FLAGS.overlay_order, batch_size=FLAGS.batch_size)
 
 

@@ -2,7 +2,7 @@
 
 The model does not know how it is served. Each adapter turns one kind of raw input into the
 model's input (`data.preprocess_image`, the one resize), runs the model, and decodes with
-`heatmap.decode_landmarks` (the one decoder), so every export returns, per image:
+`decode.decode_outputs` (the one decoder), so every export returns, per image:
 
   landmarks   float32 [B, 3, 2]  `(x, y)` in pixels of that input image, order PS1, PS2, FH1
   aop_deg     float32 [B]        Angle of Progression, degrees (NaN where degenerate)
@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from aop_tf import NUM_LANDMARKS
 from aop_tf import data
+from aop_tf import decode as decode_lib
 from aop_tf import heatmap
 
 SERVING_DEFAULT = "serving_default"
@@ -42,8 +43,8 @@ def serving_params(config):
   """The settings the adapters need, from a training directory's `config.json` dict.
 
   Returns:
-    dict with `input_size`, `input_channels`, `heatmap_size` (ints), `decode_method` (str) and
-    `blur_sigma_cells` (float).
+    dict with `input_size`, `input_channels`, `heatmap_size` (ints), `decode_method` (str),
+    `blur_sigma_cells` (float) and `fh1_method` (str).
   """
   pipeline = config.get("pipeline", {})
   model_kwargs = config.get("model", {})
@@ -57,14 +58,12 @@ def serving_params(config):
     params[key] = int(value)
   params["decode_method"] = str(decode.get("method", "dark"))
   params["blur_sigma_cells"] = float(decode.get("blur_sigma_cells", 0.0))
+  params["fh1_method"] = str(decode.get("fh1_method", "heatmap"))
+  decode_lib.check_fh1_method(params["fh1_method"], int(model_kwargs.get("seg_classes", 0)))
   if params["decode_method"] not in heatmap.DECODE_METHODS:
     raise ValueError(f"config.json decode.method {params['decode_method']!r} is not one of "
                      f"{heatmap.DECODE_METHODS}.")
   return params
-
-
-def _heatmaps_of(outputs):
-  return outputs["heatmaps"] if isinstance(outputs, dict) else outputs
 
 
 def run_and_decode(model, images, size_px, params):
@@ -79,9 +78,11 @@ def run_and_decode(model, images, size_px, params):
   Returns:
     dict of `OUTPUT_KEYS` (see the module docstring).
   """
-  maps = tf.cast(_heatmaps_of(model(images, training=False)), tf.float32)
-  landmarks, aop, confidence = heatmap.decode_landmarks(
-      maps, size_px, params["decode_method"], params["blur_sigma_cells"])
+  outputs = model(images, training=False)
+  maps = tf.cast(decode_lib.heatmaps_of(outputs), tf.float32)
+  landmarks, aop, confidence = decode_lib.decode_outputs(
+      outputs, size_px, params["decode_method"], params["blur_sigma_cells"],
+      params.get("fh1_method", "heatmap"))
   return {"landmarks": landmarks, "aop_deg": aop, "confidence": confidence, "heatmaps": maps}
 
 

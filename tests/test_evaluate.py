@@ -66,7 +66,8 @@ def test_evaluate_writes_report_csv_and_overlays(phantom_dir, model_dir):
   assert report["n_images"] == N_VAL
   assert set(report["mre_512"]) >= {"PS1", "PS2", "FH1", "mean"}
   assert set(report["aop_error_deg"]) >= {"mean", "median", "sd", "p90"}
-  assert report["decode"] == {"method": "dark", "blur_sigma_cells": 0.0}
+  assert report["decode"] == {"method": "dark", "blur_sigma_cells": 0.0,
+                              "fh1_method": "heatmap"}
   assert report["model"]["checkpoint"] == "latest"
   # 64 px phantom images: 512-space errors are 8x the pixel errors.
   assert report["mre_512"]["mean"] == pytest.approx(8 * report["mre_px"]["mean"], rel=1e-5)
