@@ -100,6 +100,18 @@ def test_predict_files_skips_bad_and_matches_keras(setup, backend):
     assert row["low_confidence"] == (min(conf) < 0.3)
 
 
+def test_tflite_interpreters_side_by_side_agree(setup):
+  path = os.path.join(setup["export_dir"], "model.tflite")
+  images = [setup["good"][p] for p in sorted(setup["good"])]  # mixed sizes and channels
+  one = predict.TFLiteModel(path).predict(images)
+  three = predict.TFLiteModel(path, num_threads=1, num_interpreters=3).predict(images)
+  for key in serving.OUTPUT_KEYS:
+    np.testing.assert_allclose(three[key], one[key], rtol=1e-5, atol=1e-5)
+  model = predict.load_exported(path, num_interpreters=2)
+  assert model.predict(images[:1])["landmarks"].shape == (1, 3, 2)
+  assert model.predict([])["landmarks"].shape == (0, 3, 2)
+
+
 def test_model_failure_skips_only_the_culprit(setup):
   class Flaky:
     def predict(self, images):
