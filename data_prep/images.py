@@ -7,7 +7,11 @@ is not applied), which is the frame the annotations refer to.
 
 Untrusted files: the size a file declares in its header is checked against `MAX_PIXELS` before
 anything is decoded (`encoded_size`), so a small file that claims to be 60000x60000 pixels (a
-"decompression bomb") is refused instead of exhausting memory.
+"decompression bomb") is refused instead of exhausting memory. OpenCV's decoders are lenient (a
+truncated JPEG or BMP comes back with its missing part filled in), so PNG, JPEG, BMP and GIF files
+must also pass TensorFlow's strict decoder, the one `aop_tf.predict` and the serving signature
+use: a file is refused in data preparation exactly when it would be refused at prediction.
+OpenCV's own log lines are silenced; each refusal is reported once, naming the file.
 """
 
 import os
@@ -22,8 +26,15 @@ _MAGIC = (
     (b"BM", "bmp"),
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
 )
 
+
+try:  # Our messages name the file; OpenCV's "[ERROR] imdecode_ ..." lines would only repeat them.
+  cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+except AttributeError:
+  pass
 
 # Largest accepted image, pixels (width * height): 100 megapixels, e.g. 10000x10000. Ultrasound
 # frames are at most a few megapixels; the cap bounds the memory one file can claim.
@@ -37,7 +48,7 @@ class ImageError(ValueError):
 
 
 def sniff_format(data):
-  """`"png"`, `"jpeg"`, `"bmp"`, `"tiff"` from the first bytes of `data`, else None."""
+  """`"png"`, `"jpeg"`, `"bmp"`, `"tiff"`, `"gif"` from the first bytes of `data`, else None."""
   for magic, name in _MAGIC:
     if data.startswith(magic):
       return name
@@ -190,12 +201,26 @@ def decode_gray(data, where="image"):
     raise ImageError(f"{where}: empty file")
   check_size(data, where)
   image = _imdecode(data)
+  kind = sniff_format(data)
   if image is None:
-    kind = sniff_format(data)
     detail = f"looks like {kind} but is corrupt or truncated" if kind else (
         f"not a PNG/JPEG/BMP/TIFF file (first bytes {data[:8]!r})")
     raise ImageError(f"{where}: cannot decode image: {detail}; re-export it as PNG")
+  _check_strict(data, kind, where)
   return to_gray_uint8(image, where)
+
+
+def _check_strict(data, kind, where):
+  """Raises ImageError when TensorFlow's decoder (strict, used at prediction) refuses `data`."""
+  if kind not in ("png", "jpeg", "bmp", "gif"):
+    return  # TIFF: OpenCV only
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
+    tf.io.decode_image(data, channels=0, expand_animations=False)
+  except tf.errors.OpError as e:
+    detail = (e.message or type(e).__name__).strip().splitlines()[0]
+    raise ImageError(f"{where}: cannot decode image: looks like {kind} but is corrupt or "
+                     f"truncated ({detail[:160]}); re-export it as PNG") from None
 
 
 def read_gray(path):

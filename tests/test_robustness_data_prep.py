@@ -137,20 +137,27 @@ def test_missing_empty_truncated_and_non_image_files(tmp_path):
   _write(tmp_path / "text.png", b"Filename,PS1\nthis is not an image\n")
   _write(tmp_path / "bomb.png", _png_header_only(60000, 60000))
   (tmp_path / "folder.png").mkdir()
+  # A corrupt scan that OpenCV decodes anyway (filling in the damage); TensorFlow, which predict
+  # uses, refuses it, and so does data preparation.
+  corrupt = bytearray(jpeg)
+  corrupt[-60] = 0xFF
+  _write(tmp_path / "corrupt.jpg", bytes(corrupt))
+  assert cv2.imdecode(np.frombuffer(bytes(corrupt), np.uint8), cv2.IMREAD_UNCHANGED) is not None
   names = ["missing.png", "empty.png", "trunc.png", "trunc.jpg", "text.png", "bomb.png",
-           "folder.png"]
+           "folder.png", "corrupt.jpg"]
   (tmp_path / "train.csv").write_text("Filename,PS1,PS2,FH1\n" +
                                       "".join(f"{n},{GOOD}\n" for n in names))
   items = _items(tmp_path)
   assert _reasons(items) == ["missing image", "unreadable image", "unreadable image",
                              "unreadable image", "unreadable image", "unreadable image",
-                             "missing image"]
+                             "missing image", "unreadable image"]
   for line, (name, item) in enumerate(zip(names, items), start=2):
     assert f"train.csv line {line}" in str(item) and name in str(item), str(item)
   assert "empty file" in str(items[1])
   assert "looks like png but is corrupt or truncated" in str(items[2])
   assert "not a PNG/JPEG/BMP/TIFF file" in str(items[4])
   assert "declares 60000x60000 pixels" in str(items[5])
+  assert "looks like jpeg but is corrupt or truncated" in str(items[7])
 
 
 def test_encoded_size_reads_headers_without_decoding():
