@@ -16,6 +16,7 @@ model nor removes a good one.
 """
 
 import datetime
+import glob
 import os
 import platform
 import shutil
@@ -248,8 +249,46 @@ def _make_readable(folder):
       os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
+def _fsync_tree(folder):
+  """Flushes every file and folder under `folder` to disk (before it is renamed into place)."""
+  for root, _, files in os.walk(folder):
+    for path in [os.path.join(root, name) for name in files] + [root]:
+      try:
+        fd = os.open(path, os.O_RDONLY)
+      except OSError:
+        continue
+      try:
+        os.fsync(fd)
+      except OSError:
+        pass
+      finally:
+        os.close(fd)
+
+
+def recover_interrupted(export_dir):
+  """Undoes what a kill during an earlier export left next to `export_dir`.
+
+  `_swap_in` renames the previous export to `.old-<name>-*` and the new one into place; a kill
+  between the two renames leaves no `<name>`: the previous export is renamed back. Unfinished
+  `.tmp-<name>-*` folders of killed exports are removed. Returns the paths acted on.
+  """
+  parent, name = os.path.dirname(export_dir), os.path.basename(export_dir)
+  acted = []
+  olds = sorted(glob.glob(os.path.join(glob.escape(parent), f".old-{glob.escape(name)}-*")))
+  if olds and not os.path.lexists(export_dir):
+    os.rename(olds[-1], export_dir)
+    acted.append(olds.pop())
+  for path in olds + glob.glob(os.path.join(glob.escape(parent), f".tmp-{glob.escape(name)}-*")):
+    shutil.rmtree(path, ignore_errors=True)
+    acted.append(path)
+  return acted
+
+
 def _swap_in(tmp_dir, export_dir):
-  """Renames `tmp_dir` to `export_dir`, replacing an existing export only once the new is in."""
+  """Renames `tmp_dir` to `export_dir`, replacing an existing export only once the new is in.
+
+  The two renames are not one atomic step; `recover_interrupted` repairs a kill between them.
+  """
   old = None
   if os.path.lexists(export_dir):
     old = tempfile.mkdtemp(prefix=f".old-{os.path.basename(export_dir)}-",
@@ -294,6 +333,8 @@ def export(model, config, export_dir, quantize="none", calibration=None, test_im
   export_dir = os.path.abspath(export_dir)
   parent = os.path.dirname(export_dir)
   os.makedirs(parent, exist_ok=True)
+  for path in recover_interrupted(export_dir):
+    _step(f"cleaned up after an interrupted export: {path}")
   if test_images is None:
     test_images = list(calibration[:2]) if calibration else []
     test_images += synthetic_test_images()
@@ -328,6 +369,7 @@ def export(model, config, export_dir, quantize="none", calibration=None, test_im
     }
     model_dir_lib.write_json(os.path.join(tmp_dir, INFO_FILE), info)
     _make_readable(tmp_dir)
+    _fsync_tree(tmp_dir)  # the files reach the disk before the name points at them
     _step(f"4/4 installing {export_dir}")
     _swap_in(tmp_dir, export_dir)
   except BaseException:

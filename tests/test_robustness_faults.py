@@ -344,3 +344,69 @@ def test_nothing_in_the_package_unpickles_or_loads_unsafely():
       text = f.read()
     loads += [m.group(0) for m in re.finditer(r"keras\.(saving\.)?load_model\([^)]*\)", text)]
   assert loads and all("safe_mode=True" in call for call in loads), loads
+
+
+# ------------------------------------------------------------------------------------------------
+# Exports.
+
+
+def test_export_recovers_from_a_kill_between_its_two_renames(tmp_path):
+  from aop_tf import export  # pylint: disable=import-outside-toplevel
+  target = tmp_path / "saved_models" / "tiny"
+  old = tmp_path / "saved_models" / ".old-tiny-k1ll3d"
+  old.mkdir(parents=True)
+  (old / "saved_model.pb").write_bytes(b"the previous export")
+  unfinished = tmp_path / "saved_models" / ".tmp-tiny-h4lf"
+  unfinished.mkdir()
+  (tmp_path / "saved_models" / ".tmp-other-x").mkdir()  # another name's: left alone
+  acted = export.recover_interrupted(str(target))
+  assert sorted(os.path.basename(p) for p in acted) == [".old-tiny-k1ll3d", ".tmp-tiny-h4lf"]
+  assert (target / "saved_model.pb").read_bytes() == b"the previous export"
+  assert sorted(os.listdir(tmp_path / "saved_models")) == [".tmp-other-x", "tiny"]
+  assert export.recover_interrupted(str(target)) == []  # nothing left to do
+
+
+_EXPORTER = r"""
+import sys
+sys.path.insert(0, {repo!r})
+import keras, numpy as np
+from aop_tf import export
+from aop_tf.model import build_unet
+tiny = dict(input_size=32, base_filters=2, depth=1, heatmap_size=16)
+config = {{"model": tiny, "pipeline": dict(tiny, input_channels=1, sigma_cells=1.0),
+          "decode": {{"method": "argmax", "blur_sigma_cells": 0.0}}}}
+keras.utils.set_random_seed({seed})
+for i in range({count}):
+  export.export(build_unet(**tiny), config, {target!r},
+                test_images=[np.full((40, 50, 1), 90, np.uint8)])
+  print("exported", i, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_export_keeps_the_previous_export(tmp_path):
+  from aop_tf import export, predict  # pylint: disable=import-outside-toplevel
+  rng = _seed()
+  target = str(tmp_path / "saved_models" / "tiny")
+  first = subprocess.run([sys.executable, "-c", _EXPORTER.format(
+      repo=REPO, seed=1, count=1, target=target)], capture_output=True, text=True, env=_env(),
+      timeout=600)
+  assert first.returncode == 0, first.stdout + first.stderr
+  start = time.monotonic()
+  proc = subprocess.Popen([sys.executable, "-c", _EXPORTER.format(
+      repo=REPO, seed=2, count=100, target=target)], stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True, env=_env())
+  for line in proc.stdout:  # one export's duration, then a random point of the next ones
+    if line.startswith("exported"):
+      break
+  one = time.monotonic() - start
+  time.sleep(rng.uniform(0.0, 2.0) * one)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  export.recover_interrupted(target)
+  model = predict.load_exported(target)  # a complete export, the previous or a new one
+  out = model.predict([np.full((40, 50, 1), 90, np.uint8)])
+  assert out["landmarks"].shape == (1, 3, 2)
+  leftovers = [n for n in os.listdir(os.path.dirname(target))
+               if n.startswith((".tmp-tiny-", ".old-tiny-"))]
+  assert not leftovers, leftovers
