@@ -110,8 +110,10 @@ def read_text(csv_path, encoding="auto"):
   """
   with open(csv_path, "rb") as f:
     data = f.read()
+  by_bom = False
   if encoding in (None, "", "auto"):
     encoding = next((codec for bom, codec in _BOMS if data.startswith(bom)), "utf-8")
+    by_bom = encoding != "utf-8"
   try:
     codecs.lookup(encoding)
   except LookupError:
@@ -121,10 +123,14 @@ def read_text(csv_path, encoding="auto"):
     return data.decode(encoding)
   except UnicodeDecodeError as e:
     line = data[:e.start].count(b"\n") + 1
-    hint = ("it looks like UTF-16 without a byte-order mark: save it as UTF-8, or pass "
-            "--csv_encoding=utf-16-le" if b"\x00" in data[:200] else
-            "save the CSV as UTF-8, or name its encoding (--csv_encoding=cp1252 for an Excel "
-            "export in Western Europe)")
+    if by_bom:
+      hint = f"its byte-order mark says {encoding} but the text is damaged; save it again as UTF-8"
+    elif b"\x00" in data[:200]:
+      hint = ("it looks like UTF-16 without a byte-order mark: save it as UTF-8, or pass "
+              "--csv_encoding=utf-16-le")
+    else:
+      hint = ("save the CSV as UTF-8, or name its encoding (--csv_encoding=cp1252 for an Excel "
+              "export in Western Europe)")
     raise ValueError(f"{csv_path} line {line}: not {encoding} text (byte "
                      f"{data[e.start:e.start + 1]!r} at offset {e.start}); {hint}") from None
 

@@ -344,3 +344,11 @@ def test_empty_inputs(tmp_path):
   with pytest.raises(ValueError, match="no usable examples in any split"):
     build.build_dataset("masks", data_dir=str(tmp_path / "m"), split_spec="train:1",
                         out_dir=str(tmp_path / "o6"), verbose=False)
+
+
+def test_damaged_text_behind_a_byte_order_mark(tmp_path):
+  data = bytearray(f"Filename,PS1,PS2,FH1\na.png,{GOOD}\n".encode("utf-32"))
+  data[40:44] = b"\xff\xff\xff\xff"  # not a code point
+  (tmp_path / "train.csv").write_bytes(bytes(data))
+  with pytest.raises(ValueError, match="byte-order mark says utf-32 but the text is damaged"):
+    _items(tmp_path)
