@@ -2,6 +2,8 @@
 
   python -m aop_tf.profile --model=saved_models/cpu --inputs=../shared/data/psfhs/images \
       --output_dir=docs/profile [--name=predict] [--interval_s=0.1]
+  python -m aop_tf.profile --flagfile=docs/profile/psfhs_val_inputs.flags \
+      --model=saved_models/cpu/model.tflite --output_dir=docs/profile --name=predict_val_tflite
   python -m aop_tf.profile --output_dir=/tmp/prof --name=evaluate -- \
       python -m aop_tf.evaluate --model=runs/cpu --data_dir=data/psfhs
 
@@ -471,6 +473,8 @@ def _define_flags():
   flags.DEFINE_string("model", None, "Default command: the export to predict with "
                       "(saved_models/<name> or a .tflite file).")
   flags.DEFINE_list("inputs", None, "Default command: image files, folders or globs.")
+  flags.DEFINE_string("predict_output", None, "Default command: its --output (default "
+                      "<output_dir>/<name>_predictions.csv).")
   flags.DEFINE_list("predict_args", [], "Default command: more aop_tf.predict flags, e.g. "
                     "--predict_args=--batch_size=16,--num_workers=2.")
   flags.DEFINE_string("output_dir", "profile", "Folder for <name>.json and <name>.png.")
@@ -491,7 +495,8 @@ def main(argv):
       print("profile: error: give a command after `--`, or --model and --inputs to profile "
             "`python -m aop_tf.predict`.", file=sys.stderr)
       return 2
-    output = os.path.join(flag_values.output_dir, f"{flag_values.name}_predictions.csv")
+    output = flag_values.predict_output or os.path.join(flag_values.output_dir,
+                                                         f"{flag_values.name}_predictions.csv")
     command = default_command(flag_values.model, flag_values.inputs, output,
                               extra_args=flag_values.predict_args)
   print(f"[profile] {shlex.join(command)}", flush=True)

@@ -112,6 +112,16 @@ def test_tflite_interpreters_side_by_side_agree(setup):
   assert model.predict([])["landmarks"].shape == (0, 3, 2)
 
 
+def test_savedmodel_bfloat16_is_close_and_stays_with_its_model(setup):
+  images = [setup["good"][p] for p in sorted(setup["good"])]
+  want = predict.SavedModelModel(setup["export_dir"]).predict(images)
+  fast = predict.load_exported(setup["export_dir"], bfloat16=True).predict(images)
+  np.testing.assert_allclose(fast["heatmaps"], want["heatmaps"], atol=0.1)
+  assert np.all(np.isfinite(fast["landmarks"]))
+  again = predict.SavedModelModel(setup["export_dir"]).predict(images)  # float32 again
+  np.testing.assert_array_equal(again["heatmaps"], want["heatmaps"])
+
+
 def test_model_failure_skips_only_the_culprit(setup):
   class Flaky:
     def predict(self, images):
