@@ -334,7 +334,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
 class Checkpointer(keras.callbacks.Callback):
   """Writes checkpoints and `state.json` after every complete epoch, atomically.
 
-  `latest.keras` (with optimizer state) then `state.json` every epoch; `epoch_NNNN.keras` every
+  `state.json` then `latest.keras` (with optimizer state) every epoch; `epoch_NNNN.keras` every
   `checkpoint_every` epochs; `best_val_loss.keras` / `best_val_mre.keras` when validation improves
   (MRE in 512 space, mean over landmarks). Stops training once the time budget is spent.
 
@@ -372,9 +372,10 @@ class Checkpointer(keras.callbacks.Callback):
       self._save(which)
     if self.checkpoint_every > 0 and step % self.checkpoint_every == 0:
       self._save(f"epoch_{step:04d}")
-    # latest.keras before state.json: a kill between the two leaves a checkpoint one epoch ahead
-    # of state.json, which resume detects from the optimizer's iteration count.
-    self._save("latest")
+    # state.json before latest.keras: a kill between the two leaves state.json one epoch ahead of
+    # the checkpoint, which resume detects from the optimizer's iteration count and trims; the
+    # epoch is then trained again and its log written again, so nothing is lost. (The other order
+    # lost the epoch's log line: tests/test_robustness_faults.py.)
     self.status.epochs_done = step
     state["epoch"] = step
     state["train_seconds"] = self.status.train_seconds()
@@ -382,6 +383,7 @@ class Checkpointer(keras.callbacks.Callback):
     record = {k: (v if math.isfinite(v) else None) for k, v in logs.items()}
     state.setdefault("history", []).append(dict(record, epoch=step))
     model_dir_lib.write_json(os.path.join(self.model_dir, model_dir_lib.STATE_FILE), state)
+    self._save("latest")
     if self.status.budget_exhausted() and self.status.stop_reason is None:
       self.status.stop_reason = "time_budget"
     if self.status.stop_reason is not None:

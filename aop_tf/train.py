@@ -32,6 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from aop_tf import augment as augment_lib  # noqa: E402
 from aop_tf import callbacks as callbacks_lib  # noqa: E402
+from aop_tf import cli  # noqa: E402
 from aop_tf import data  # noqa: E402
 from aop_tf import decode as decode_lib  # noqa: E402
 from aop_tf import heatmap  # noqa: E402
@@ -399,6 +400,8 @@ def train(config, extra_callbacks=()):
   model = build_compiled_model(config)
   initial_epoch = _restore(model, model_dir, steps_per_epoch, state) if resuming else 0
   os.makedirs(model_dir, exist_ok=True)
+  for path in model_dir_lib.remove_stale_temp_files(model_dir):  # left by a killed run
+    print(f"Removed {path}, a partial file of an interrupted run.")
   model_dir_lib.write_json(config_path, new_json)
   history = _history_of(state)
   if initial_epoch >= config.epochs:
@@ -602,32 +605,7 @@ def config_from_flags(flag_values=flags.FLAGS):
   return TrainConfig(**kwargs)
 
 
-def _flagfiles_first(argv):
-  """Moves --flagfile arguments to the front so the other command-line flags override them."""
-  files, rest = [], [argv[0]]
-  args = iter(argv[1:])
-  for arg in args:
-    if arg == "--":
-      rest.append(arg)
-      rest.extend(args)
-      break
-    if arg.startswith(("--flagfile=", "-flagfile=")):
-      files.append(arg)
-    elif arg in ("--flagfile", "-flagfile"):
-      files.extend([arg, next(args, "")])
-    else:
-      rest.append(arg)
-  return rest[:1] + files + rest[1:]
-
-
-def _parse_flags(argv):
-  """absl parsing with the flagfile first and one-line errors (no usage wall, no traceback)."""
-  try:
-    return flags.FLAGS(_flagfiles_first(argv))
-  except flags.Error as e:
-    message = str(e).replace("ERROR:: ", "")
-    print(f"train: error: {message}", file=sys.stderr)
-    sys.exit(2)
+_flagfiles_first = cli.flagfiles_first  # one implementation, shared by every entry point
 
 
 def main(argv):
@@ -658,4 +636,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.flags_parser("train"))

@@ -170,9 +170,6 @@ def test_resume_from_the_debris_of_a_kill(reference_run, resumed_after_debris):
   assert max(float(np.max(np.abs(a - b))) for a, b in zip(ours, ref)) <= 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason="latest.keras is written before state.json, so a kill "
-                   "between the two loses that epoch's history; /tmp/briefs/train_patch.diff "
-                   "writes state.json first (remove this marker when it is applied)")
 def test_a_kill_between_checkpoint_and_state_loses_no_history(reference_run,
                                                               resumed_after_debris):
   assert resumed_after_debris.history["epoch"] == [1, 2]
