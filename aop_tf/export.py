@@ -253,16 +253,7 @@ def _fsync_tree(folder):
   """Flushes every file and folder under `folder` to disk (before it is renamed into place)."""
   for root, _, files in os.walk(folder):
     for path in [os.path.join(root, name) for name in files] + [root]:
-      try:
-        fd = os.open(path, os.O_RDONLY)
-      except OSError:
-        continue
-      try:
-        os.fsync(fd)
-      except OSError:
-        pass
-      finally:
-        os.close(fd)
+      model_dir_lib.fsync_path(path)
 
 
 def recover_interrupted(export_dir):

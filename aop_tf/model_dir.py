@@ -36,7 +36,7 @@ def checkpoint_path(model_dir, which):
 TEMP_PREFIX = ".tmp-"
 
 
-def _fsync(path):
+def fsync_path(path):
   """Flushes a file (or a folder's entries) to disk; a no-op where the OS does not allow it."""
   try:
     fd = os.open(path, os.O_RDONLY)
@@ -58,13 +58,13 @@ def _atomic_write(path, write_fn):
   os.close(fd)
   try:
     write_fn(tmp)
-    _fsync(tmp)  # The data reaches the disk before the name points at it.
+    fsync_path(tmp)  # The data reaches the disk before the name points at it.
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-  _fsync(folder)  # ... and the rename itself survives a power cut.
+  fsync_path(folder)  # ... and the rename itself survives a power cut.
 
 
 def remove_stale_temp_files(folder):

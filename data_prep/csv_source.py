@@ -280,6 +280,16 @@ def iter_records(rows, image_dir, seen, split):
       duplicate.
     split: the split name, for the duplicate message.
   """
+  return unique_records(rows, seen, split, lambda row: _row_record(row, image_dir))
+
+
+def unique_records(rows, seen, split, make_record):
+  """Yields `make_record(row)` or an `InputError` per row, refusing files already in `seen`.
+
+  The one duplicate rule of every source: rows the CSV parser rejected and rows naming a file an
+  earlier accepted row (of any split) named are refused; `make_record` may raise `InputError`.
+  Only accepted rows claim their file name, so a later row may still fix a refused one.
+  """
   for row in rows:
     if row.error:
       yield InputError(row.error, "malformed CSV row")
@@ -290,10 +300,9 @@ def iter_records(rows, image_dir, seen, split):
                        f"already used by {seen[key]}; skipped", "duplicate filename")
       continue
     try:
-      record = _row_record(row, image_dir)
+      record = make_record(row)
     except InputError as e:
       yield e
       continue
-    # Only accepted rows claim a file name: a later row may still fix a refused one.
     seen[key] = f"{split} ({os.path.basename(row.csv_path)} line {row.line})"
     yield record

@@ -186,20 +186,4 @@ def iter_records(data_dir, rows, seen, split):
       duplicates are refused.
     split: the split name, for messages.
   """
-  for row in rows:
-    if row.error:
-      yield InputError(row.error, "malformed CSV row")
-      continue
-    key = csv_source.normalise_name(row.filename)
-    if key and key in seen:
-      yield InputError(f"{row.csv_path} line {row.line}: duplicate Filename {key!r}, already "
-                       f"used by {seen[key]}; skipped", "duplicate filename")
-      continue
-    try:
-      record = _record(row, data_dir)
-    except InputError as e:
-      yield e
-      continue
-    # Only accepted rows claim a file name: a later row may still fix a refused one.
-    seen[key] = f"{split} ({os.path.basename(row.csv_path)} line {row.line})"
-    yield record
+  return csv_source.unique_records(rows, seen, split, lambda row: _record(row, data_dir))
