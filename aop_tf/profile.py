@@ -235,6 +235,7 @@ def profile_command(argv, interval_s=0.1, gpu="auto", echo=True, env=None, tail_
       target=_reader, args=(proc.stdout, sys.stdout.buffer if echo else None, tail), daemon=True)
   reader.start()
   tree = _TreeSampler(proc.pid)
+  cores = os.cpu_count() or 1
   hwm_peak_mib = None
   last_t = 0.0
   status = None
@@ -246,7 +247,9 @@ def profile_command(argv, interval_s=0.1, gpu="auto", echo=True, env=None, tail_
         hwm_peak_mib = max(hwm_peak_mib or 0.0, hwm / MIB)
       gpu_util, gpu_mem = sampler_gpu.latest() if sampler_gpu is not None else (None, None)
       series["t_s"].append(now)
-      series["cpu_percent"].append(100.0 * used_s / (now - last_t) if series["t_s"][1:] else 0.0)
+      # CPU times tick in 10 ms steps, so one 0.1 s interval can read above what the cores can do.
+      busy = 100.0 * used_s / (now - last_t) if series["t_s"][1:] else 0.0
+      series["cpu_percent"].append(min(busy, 100.0 * cores))
       series["rss_mib"].append(rss / MIB)
       series["n_processes"].append(alive)
       series["system_cpu_percent"].append(psutil.cpu_percent(None))
