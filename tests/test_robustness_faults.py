@@ -96,13 +96,6 @@ def test_sigkill_while_saving_never_leaves_a_corrupt_latest(tmp_path):
 # Training killed and resumed.
 
 
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory):
-  from data_prep.build import build_dataset  # pylint: disable=import-outside-toplevel
-  return build_dataset("phantom", out_dir=str(tmp_path_factory.mktemp("phantom")),
-                       phantom_counts={"train": 8, "val": 4}, phantom_size=64, verbose=False)
-
-
 def _config(data_dir, model_dir, **changes):
   config = train.TrainConfig(
       data_dir=data_dir, model_dir=str(model_dir), input_size=64, input_channels=1,

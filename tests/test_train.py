@@ -187,13 +187,6 @@ def test_paper_step_schedule_and_warmup():
 # End to end on a tiny phantom dataset.
 
 
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory):
-  from data_prep.build import build_dataset
-  return build_dataset("phantom", out_dir=str(tmp_path_factory.mktemp("phantom")),
-                       phantom_counts={"train": 8, "val": 4}, phantom_size=64, verbose=False)
-
-
 def _config(data_dir, model_dir, **changes):
   config = train.TrainConfig(
       data_dir=data_dir, model_dir=str(model_dir), input_size=64, input_channels=1,
