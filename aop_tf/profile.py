@@ -126,7 +126,8 @@ def _peak_rss_bytes(pid):
     with open(f"/proc/{pid}/status") as f:
       for line in f:
         if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024
+          # An exited process (zombie) has no memory left and reads 0: no reading, not a peak.
+          return int(line.split()[1]) * 1024 or None
   except (OSError, ValueError, IndexError):
     pass
   return None

@@ -47,8 +47,11 @@ def test_profile_command_samples_the_process_tree():
 
 
 def test_exit_code_and_output_are_kept():
-  result = profile.profile_command([sys.executable, "-c", "print('oops'); raise SystemExit(3)"],
-                                   interval_s=0.05, gpu="off", echo=False)
+  # The sleep keeps the command alive for a few samples even on a loaded machine (a process that
+  # has already exited when it is first sampled has no memory to read).
+  result = profile.profile_command(
+      [sys.executable, "-c", "import time; print('oops', flush=True); time.sleep(0.5); "
+       "raise SystemExit(3)"], interval_s=0.05, gpu="off", echo=False)
   assert result["returncode"] == 3
   assert result["output_tail"] == ["oops"]
   if sys.platform.startswith("linux"):
