@@ -82,10 +82,16 @@ class RunStatus:
     epochs_done: last complete epoch (1-based), including those of earlier runs.
     budget_s: time budget over all runs, seconds (0 = none); `spent_s` before this run.
     val: the last validation report (`metrics.report`) and val loss.
+    resume_batches, resume_logs: a run resumed mid-epoch: the batches of that epoch done before
+      (the first epoch of this run starts counting there) and their mean training logs (merged
+      into the epoch's logs so that they cover the whole epoch).
   """
 
-  def __init__(self, steps_per_epoch, initial_epoch=0, budget_s=0.0, spent_s=0.0):
+  def __init__(self, steps_per_epoch, initial_epoch=0, budget_s=0.0, spent_s=0.0,
+               resume_batches=0, resume_logs=None):
     self.steps_per_epoch = steps_per_epoch
+    self.resume_batches = int(resume_batches)
+    self.resume_logs = dict(resume_logs or {})
     self.stop_reason = None
     self.signal_name = None
     self.nan_at = None
@@ -135,17 +141,26 @@ class LearningRateUpdater(keras.callbacks.Callback):
       logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
 
 
+def training_logs(logs):
+  """The running-mean training entries of Keras epoch logs (no `val_*`, no learning rate)."""
+  return {k: float(np.asarray(v)) for k, v in (logs or {}).items()
+          if not k.startswith("val_") and k != "learning_rate"}
+
+
 class StopGuard(keras.callbacks.Callback):
   """Stops after the current step on SIGTERM / SIGINT, or when the loss is not finite.
 
   Signal handlers are active inside `with guard.signals_handled(): model.fit(...)`. A second
-  Ctrl-C raises KeyboardInterrupt at once.
+  Ctrl-C raises KeyboardInterrupt at once. Counts the batches of each epoch (`status.batches`,
+  starting at `status.resume_batches` in a run resumed mid-epoch, whose earlier logs it merges
+  into the epoch's logs, batch-weighted, before the later callbacks see them).
   """
 
   def __init__(self, status):
     super().__init__()
     self.status = status
     self._epoch = 0
+    self._offset = 0
 
   def _handler(self, signum, frame):
     name = signal.Signals(signum).name
@@ -171,7 +186,17 @@ class StopGuard(keras.callbacks.Callback):
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
-    self.status.batches = 0
+    self._offset, self.status.resume_batches = self.status.resume_batches, 0
+    self.status.batches = self._offset
+
+  def on_epoch_end(self, epoch, logs=None):
+    earlier, self.status.resume_logs = self.status.resume_logs, {}
+    n, k = self.status.batches, self._offset
+    if logs is None or not earlier or not k or n <= k:
+      return
+    for key, value in training_logs(logs).items():
+      if key in earlier:
+        logs[key] = (k * earlier[key] + (n - k) * value) / n
 
   def on_train_batch_end(self, batch, logs=None):
     self.status.batches += 1
@@ -334,6 +359,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
 class Checkpointer(keras.callbacks.Callback):
   """Writes checkpoints and `state.json` after every complete epoch, atomically.
 
+  After a stop signal mid-epoch it writes `latest.keras` there too (the optimizer's iteration
+  count says how far), with `state.json["partial"]` = `{"epoch", "batches", "steps_per_epoch",
+  "logs"}` so that the run resumes at the next batch of that epoch.
+
   `state.json` then `latest.keras` (with optimizer state) every epoch; `epoch_NNNN.keras` every
   `checkpoint_every` epochs; `best_val_loss.keras` / `best_val_mre.keras` when validation improves
   (MRE in 512 space, mean over landmarks). Stops training once the time budget is spent.
@@ -352,8 +381,21 @@ class Checkpointer(keras.callbacks.Callback):
   def _save(self, which):
     model_dir_lib.save_model(self.model, model_dir_lib.checkpoint_path(self.model_dir, which))
 
+  def _save_partial(self, epoch, logs):
+    status = self.status
+    self.state["partial"] = {"epoch": epoch + 1, "batches": status.batches,
+                             "steps_per_epoch": status.steps_per_epoch,
+                             "logs": training_logs(logs)}
+    self.state["train_seconds"] = status.train_seconds()
+    model_dir_lib.write_json(os.path.join(self.model_dir, model_dir_lib.STATE_FILE), self.state)
+    self._save("latest")
+    print(f"Saved {model_dir_lib.checkpoint_path(self.model_dir, 'latest')} after step "
+          f"{status.batches} of {status.steps_per_epoch} of epoch {epoch + 1}.", flush=True)
+
   def on_epoch_end(self, epoch, logs=None):
     if not self.status.epoch_complete():
+      if self.status.stop_reason == "signal" and self.status.batches > 0:
+        self._save_partial(epoch, logs)
       return
     step = epoch + 1
     logs = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}
@@ -377,6 +419,7 @@ class Checkpointer(keras.callbacks.Callback):
     # epoch is then trained again and its log written again, so nothing is lost. (The other order
     # lost the epoch's log line: tests/test_robustness_faults.py.)
     self.status.epochs_done = step
+    state.pop("partial", None)
     state["epoch"] = step
     state["train_seconds"] = self.status.train_seconds()
     # JSON has no NaN: undefined values (e.g. no valid AoP) are written as null.

@@ -4,11 +4,13 @@ A model directory holds:
   config.json            how the model was built and fed: {"model": build_unet kwargs,
                          "pipeline": {input_size, input_channels, heatmap_size, sigma_cells},
                          "decode": {method, blur_sigma_cells}, "flags": every training flag}
-  latest.keras           last complete epoch, with optimizer state (for --resume)
+  latest.keras           last complete epoch, or where a stop signal came mid-epoch, with
+                         optimizer state (for --resume)
   best_val_loss.keras    best validation loss
   best_val_mre.keras     best validation MRE
   epoch_NNNN.keras       periodic checkpoints
-  state.json             {"epoch": last complete epoch (1-based), best metrics so far}
+  state.json             {"epoch": last complete epoch (1-based), best metrics so far,
+                         "partial": a mid-epoch save's epoch, batches and their logs}
   logs/                  TensorBoard event files
 Every file is written to a temporary name (`.tmp-*`) in the same folder, flushed to disk and
 renamed, so a kill (or a power cut) never leaves a half-written file under a final name; a kill

@@ -6,8 +6,9 @@ then after every complete epoch `latest.keras` + `state.json`, the best checkpoi
 
 Running the same command again resumes from `latest.keras` (weights, optimizer state, epoch
 counter; the data continue at the next epoch), and ends with the same weights as an uninterrupted
-run. SIGTERM / Ctrl-C stop after the current step, keeping the last complete epoch as
-`latest.keras`; `--max_train_minutes` stops after the epoch in which the budget (counted over all
+run. SIGTERM / Ctrl-C stop after the current step and save `latest.keras` there (mid-epoch:
+`state.json["partial"]`; the resumed run continues at the next batch of that epoch, with the same
+batches as an uninterrupted run); `--max_train_minutes` stops after the epoch in which the budget (counted over all
 resumed runs) runs out.
 
 Flags given on the command line override those of `--flagfile`, wherever they stand.
@@ -123,12 +124,14 @@ class TrainResult:
     history: per-epoch logs of all epochs so far (resumed runs included), key -> list.
     epochs_done: last complete epoch, 1-based.
     stop_reason: None (all epochs ran), "signal" (with `signal_name`) or "time_budget".
+    steps_into_epoch: after a stop signal, the steps of the next epoch saved in latest.keras.
   """
   model_dir: str
   history: dict
   epochs_done: int
   stop_reason: str = None
   signal_name: str = None
+  steps_into_epoch: int = 0  # a stop signal's mid-epoch save: steps of epoch `epochs_done + 1`
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +325,11 @@ def build_compiled_model(config):
 
 
 def _restore(model, model_dir, steps_per_epoch, state):
-  """Loads latest.keras (weights + optimizer state) into `model`; returns the completed epochs."""
+  """Loads latest.keras (weights + optimizer state) into `model`.
+
+  Returns `(epochs, batches)`: the completed epochs, and the batches of the next epoch already
+  trained (non-zero where a stop signal saved mid-epoch; `state["partial"]` records it).
+  """
   path = model_dir_lib.checkpoint_path(model_dir, "latest")
   model.optimizer.build(model.trainable_variables)
   try:
@@ -331,18 +338,23 @@ def _restore(model, model_dir, steps_per_epoch, state):
     raise ConfigError(f"{path} does not fit the model of these flags ({type(e).__name__}); "
                       "use a new --model_dir or the original flags.") from None
   iterations = int(model.optimizer.iterations.numpy())
-  epoch = iterations // steps_per_epoch
-  if iterations % steps_per_epoch:
+  epoch, batches = divmod(iterations, steps_per_epoch)
+  partial = state.get("partial") or {}
+  if batches and (partial.get("epoch"), partial.get("batches"), partial.get(
+      "steps_per_epoch")) != (epoch + 1, batches, steps_per_epoch):
     raise ConfigError(f"{path} stopped after {iterations} steps, not a whole number of epochs of "
-                      f"{steps_per_epoch} steps; --batch_size or --steps_per_epoch changed? Use "
-                      "the original flags or a new --model_dir.")
+                      f"{steps_per_epoch} steps nor the mid-epoch stop state.json records; "
+                      "--batch_size or --steps_per_epoch changed? Use the original flags or a new "
+                      "--model_dir.")
+  if not batches:
+    state.pop("partial", None)  # a kill between state.json and latest.keras of a mid-epoch save
   if epoch != state.get("epoch", epoch):
     # latest.keras is written before state.json; a kill in between leaves this mismatch.
     print(f"Note: {path} holds epoch {epoch}, state.json says {state.get('epoch')}; "
           f"continuing after epoch {epoch}.")
     state["epoch"] = epoch
     state["history"] = [h for h in state.get("history", []) if h.get("epoch", 0) <= epoch]
-  return epoch
+  return epoch, batches
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,7 +410,8 @@ def train(config, extra_callbacks=()):
   steps_per_epoch = config.steps_per_epoch or full_steps
 
   model = build_compiled_model(config)
-  initial_epoch = _restore(model, model_dir, steps_per_epoch, state) if resuming else 0
+  initial_epoch, done_batches = (_restore(model, model_dir, steps_per_epoch, state) if resuming
+                                 else (0, 0))
   os.makedirs(model_dir, exist_ok=True)
   for path in model_dir_lib.remove_stale_temp_files(model_dir):  # left by a killed run
     print(f"Removed {path}, a partial file of an interrupted run.")
@@ -413,21 +426,27 @@ def train(config, extra_callbacks=()):
           f"spent after epoch {initial_epoch}; raise it to train on.")
     return TrainResult(model_dir, history, initial_epoch, "time_budget")
   if resuming:
-    print(f"Resuming {model_dir} after epoch {initial_epoch}.")
+    within = (f" and step {done_batches} of {steps_per_epoch} of epoch {initial_epoch + 1}"
+              if done_batches else "")
+    print(f"Resuming {model_dir} after epoch {initial_epoch}{within}.")
 
   pipeline = pipeline_config(config)
-  train_ds = data.make_dataset(data_dir, config.train_split, pipeline, training=True,
-                               start_epoch=initial_epoch)
-  train_ds = train_ds.map(_keras_pair(config.seg_classes > 0),
-                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+  def train_batches(start_epoch, skip=0, take=-1):
+    ds = data.make_dataset(data_dir, config.train_split, pipeline, training=True,
+                           start_epoch=start_epoch).skip(skip).take(take)
+    return ds.map(_keras_pair(config.seg_classes > 0),
+                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
   val_ds = val_keras = None
   if config.val_split:
     val_ds = data.make_dataset(data_dir, config.val_split, pipeline, training=False)
     val_keras = val_ds.map(_keras_pair(config.seg_classes > 0))
 
+  partial = state.get("partial") or {}
   status = callbacks_lib.RunStatus(steps_per_epoch, initial_epoch,
                                    budget_s=60.0 * config.max_train_minutes,
-                                   spent_s=spent_s)
+                                   spent_s=spent_s, resume_batches=done_batches,
+                                   resume_logs=partial.get("logs") if done_batches else None)
   guard = callbacks_lib.StopGuard(status)
   callbacks = [
       *extra_callbacks,
@@ -448,9 +467,16 @@ def train(config, extra_callbacks=()):
   ]
   verbose = config.verbose if config.verbose >= 0 else (1 if sys.stdout.isatty() else 2)
   with guard.signals_handled():
-    model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
-              shuffle=False)
+    if done_batches:  # the rest of the epoch a stop signal interrupted, as its own fit call
+      model.fit(train_batches(initial_epoch, done_batches, steps_per_epoch - done_batches),
+                epochs=initial_epoch + 1, initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch - done_batches, callbacks=callbacks,
+                verbose=verbose, shuffle=False)
+      initial_epoch += 1
+    if status.stop_reason is None and initial_epoch < config.epochs:
+      model.fit(train_batches(initial_epoch), epochs=config.epochs, initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+                shuffle=False)
 
   if status.stop_reason == "nan":
     epoch, step = status.nan_at
@@ -460,8 +486,9 @@ def train(config, extra_callbacks=()):
                            "Lower --learning_rate (or use --warmup_epochs) and check the data.")
   # A signal that arrives after the last epoch stopped nothing.
   stop_reason = None if status.epochs_done >= config.epochs else status.stop_reason
+  steps_saved = (state.get("partial") or {}).get("batches", 0) if stop_reason == "signal" else 0
   return TrainResult(model_dir, _history_of(state), status.epochs_done, stop_reason,
-                     status.signal_name)
+                     status.signal_name, steps_saved)
 
 
 def _history_of(state):
@@ -620,10 +647,12 @@ def main(argv):
     print(f"train: error: {e}", file=sys.stderr)
     sys.exit(1)
   except KeyboardInterrupt:
-    print("train: aborted (second Ctrl-C); latest.keras holds the last complete epoch.",
+    print("train: aborted (second Ctrl-C); latest.keras holds the last checkpoint written.",
           file=sys.stderr)
     sys.exit(130)
-  where = f"{result.model_dir} (latest.keras: epoch {result.epochs_done})"
+  within = (f" + {result.steps_into_epoch} steps of epoch {result.epochs_done + 1}"
+            if result.steps_into_epoch else "")
+  where = f"{result.model_dir} (latest.keras: epoch {result.epochs_done}{within})"
   if result.stop_reason == "signal":
     print(f"Stopped by {result.signal_name}; {where}. Run the same command to resume.")
     sys.exit(128 + int(getattr(signal, result.signal_name, signal.SIGTERM)))

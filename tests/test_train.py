@@ -266,21 +266,44 @@ class _SignalAt(keras.callbacks.Callback):
 
 def test_sigterm_then_resume_matches_uninterrupted_run(reference_run, phantom_dir, tmp_path):
   config = _config(phantom_dir, tmp_path / "resumed")
-  # SIGTERM in the middle of epoch 2: latest.keras keeps epoch 1.
-  stopped = train.train(config, extra_callbacks=[_SignalAt(epoch=1, batch=0)])
-  assert (stopped.stop_reason, stopped.signal_name, stopped.epochs_done) == ("signal", "SIGTERM", 1)
-  assert model_dir_lib.read_json(str(tmp_path / "resumed" / "state.json"))["epoch"] == 1
+  batch = 0  # of 2 steps per epoch (8 phantom images, batch 4)
+  # SIGTERM after step `batch + 1` of epoch 2: latest.keras is saved there, mid-epoch.
+  stopped = train.train(config, extra_callbacks=[_SignalAt(epoch=1, batch=batch)])
+  assert (stopped.stop_reason, stopped.signal_name, stopped.epochs_done,
+          stopped.steps_into_epoch) == ("signal", "SIGTERM", 1, batch + 1)
+  state = model_dir_lib.read_json(str(tmp_path / "resumed" / "state.json"))
+  assert state["epoch"] == 1 and state["partial"]["epoch"] == 2
+  assert state["partial"]["batches"] == batch + 1 and "loss" in state["partial"]["logs"]
+  model = train.build_compiled_model(config)
+  model.optimizer.build(model.trainable_variables)
+  model.load_weights(model_dir_lib.checkpoint_path(str(tmp_path / "resumed"), "latest"))
+  steps = state["partial"]["steps_per_epoch"]
+  assert int(model.optimizer.iterations.numpy()) == steps + batch + 1
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
   resumed = train.train(config)
   assert resumed.epochs_done == 3 and resumed.stop_reason is None
+  assert "partial" not in model_dir_lib.read_json(str(tmp_path / "resumed" / "state.json"))
   assert len(resumed.history["loss"]) == 3
-  np.testing.assert_allclose(resumed.history["loss"], reference_run.history["loss"], rtol=1e-5)
+  # Epoch 2's loss merges the logs of its two parts, batch-weighted.
+  np.testing.assert_allclose(resumed.history["loss"], reference_run.history["loss"], rtol=1e-4)
   ours = _weights(model_dir_lib.checkpoint_path(str(tmp_path / "resumed"), "latest"))
   ref = _weights(model_dir_lib.checkpoint_path(reference_run.model_dir, "latest"))
   assert len(ours) == len(ref)
   worst = max(float(np.max(np.abs(a - b))) for a, b in zip(ours, ref))
   assert worst <= RESUME_ATOL, worst
   print(f"resume: max |weight difference| = {worst:.3g}")
+
+
+def test_a_mid_epoch_checkpoint_without_its_state_is_refused(reference_run, phantom_dir,
+                                                             tmp_path):
+  config = _config(phantom_dir, tmp_path / "run")
+  train.train(config, extra_callbacks=[_SignalAt(epoch=1, batch=0)])
+  state_path = str(tmp_path / "run" / "state.json")
+  state = model_dir_lib.read_json(state_path)
+  del state["partial"]
+  model_dir_lib.write_json(state_path, state)
+  with pytest.raises(train.ConfigError, match="not a whole number of epochs"):
+    train.train(config)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference_run, phantom_dir, tmp_path):
