@@ -520,6 +520,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
+  from aop_tf import cli  # pylint: disable=import-outside-toplevel
   _define_flags()
-  app.run(main)
+  cli.run(main, "profile")

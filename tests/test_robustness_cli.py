@@ -23,7 +23,7 @@ from aop_tf.model import build_unet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = ("data_prep.build", "aop_tf.train", "aop_tf.evaluate", "aop_tf.export",
-                "aop_tf.predict")
+                "aop_tf.predict", "aop_tf.profile")
 # Libraries the entry points share, imported once by the helper (not the entry modules: runpy
 # must find them unimported, as `python -m` does).
 PRELOAD = ("tensorflow", "keras", "tensorflow_datasets", "cv2", "aop_tf.data", "aop_tf.model",
@@ -77,6 +77,11 @@ def _cases(tmp):
       ("aop_tf.predict", [f"--model={missing}", f"--inputs={bad_csv_dir}",
                           f"--output={tmp}/p.csv"], "neither a SavedModel"),
       ("aop_tf.predict", ["--max_pixels=lots"], "--max_pixels"),
+      ("aop_tf.profile", ["--interval_s=often"], "--interval_s"),
+      ("aop_tf.profile", ["--gpu=maybe"], "--gpu"),
+      ("aop_tf.profile", [f"--flagfile={flagfile}"], "no_such.cfg"),
+      ("aop_tf.profile", [], "give a command"),
+      ("aop_tf.profile", ["--", os.path.join(missing, "no_such_program")], "no_such_program"),
   ]
 
 
@@ -160,7 +165,9 @@ def _check(module, argv, expected, code, output):
   where = f"python -m {module} {' '.join(argv)} -> exit {code}: {lines}"
   assert code not in (0, 99), where
   assert "Traceback" not in output, where
-  assert len(lines) == 1 or (len(lines) == 2 and lines[0].startswith("[export] loading")), where
+  # A progress line may come first (export's loading, profile's command).
+  assert len(lines) == 1 or (len(lines) == 2 and lines[0].startswith(("[export] loading",
+                                                                      "[profile] "))), where
   assert expected in lines[-1], where
   prefixes = (f"{module}: error:", f"{module.split('.')[-1]}: error:", "[export] FAILED:")
   assert lines[-1].startswith(prefixes), where
@@ -181,10 +188,10 @@ def test_every_entry_point_reports_bad_flags_in_one_line(workspace):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(29))
+@pytest.mark.parametrize("index", range(34))
 def test_real_subprocesses_report_bad_flags_in_one_line(workspace, index):
   cases = _cases(workspace)
-  assert len(cases) == 29
+  assert len(cases) == 34
   module, argv, expected = cases[index]
   proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
                         cwd=REPO, env=_env(), timeout=300)
