@@ -41,47 +41,54 @@ def _run(cmd):
   subprocess.run(cmd, check=True, cwd=REPO_ROOT)
 
 
-def main(argv):
-  del argv
+def ensure_dataset(dataset_dir, psfhs_dir=None):
+  """Builds the masks-source dataset at `dataset_dir` from raw PSFHS if it is not there yet."""
   from data_prep import build  # pylint: disable=import-outside-toplevel
-  from aop_tf import evaluate, model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
-
-  flagfile = os.path.join(CONFIGS, f"{FLAGS.config}.cfg")
-  if not os.path.exists(flagfile):
-    raise app.UsageError(f"No flagfile {flagfile}; pick one of {sorted(os.listdir(CONFIGS))}.")
-  psfhs = FLAGS.psfhs_dir or build.default_psfhs_dir()
-  if not os.path.isdir(os.path.join(FLAGS.dataset_dir, "aop_landmarks")):
+  psfhs = psfhs_dir or build.default_psfhs_dir()
+  if not os.path.isdir(os.path.join(dataset_dir, "aop_landmarks")):
     if not os.path.isdir(psfhs):
       raise app.UsageError(f"PSFHS not found at {psfhs}: pass --psfhs_dir or set AOP_PSFHS_DIR.")
     _run([sys.executable, "-m", "data_prep.build", "--source=masks", f"--data_dir={psfhs}",
-          f"--out_dir={FLAGS.dataset_dir}"])
-  model_dir = FLAGS.model_dir or os.path.join("runs", f"{FLAGS.config}_psfhs")
+          f"--out_dir={dataset_dir}"])
+
+
+def measure(flagfile, model_dir, dataset_dir, train_args=(), checkpoint="latest", train=True,
+            decode_method=None, blur_sigma_cells=None, eval_name=None):
+  """Trains `flagfile` (+ `train_args`) into `model_dir` and evaluates it on PSFHS val.
+
+  `train=False` evaluates an existing run only; `decode_method`/`blur_sigma_cells` override the
+  run's decoding. Returns the result dict (reports per FH1 method, training time, flagfile text).
+  """
+  from aop_tf import evaluate, model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
+
   train_cmd = [sys.executable, "-m", "aop_tf.train", f"--flagfile={flagfile}",
-               f"--data_dir={FLAGS.dataset_dir}", f"--model_dir={model_dir}",
-               *FLAGS.train_args]
+               f"--data_dir={dataset_dir}", f"--model_dir={model_dir}", *train_args]
   start = time.monotonic()
-  _run(train_cmd)
+  if train:
+    _run(train_cmd)
   this_call_s = time.monotonic() - start
   state = model_dir_lib.read_json(os.path.join(REPO_ROOT, model_dir, model_dir_lib.STATE_FILE))
   config = model_dir_lib.read_config(os.path.join(REPO_ROOT, model_dir))
 
   methods = ["heatmap"] + (["tangent"] if config["model"].get("seg_classes", 0) >= 3 else [])
+  name = eval_name or f"eval_val_{checkpoint}"
   reports = {}
   for method in methods:
     reports[method] = evaluate.evaluate(
-        os.path.join(REPO_ROOT, model_dir), checkpoint=FLAGS.checkpoint,
-        data_dir=FLAGS.dataset_dir, split="val",
-        output_dir=os.path.join(REPO_ROOT, model_dir, f"eval_val_{FLAGS.checkpoint}_{method}"),
-        fh1_method=method, overlays=8, overlay_order="worst", progress=False)
+        os.path.join(REPO_ROOT, model_dir), checkpoint=checkpoint,
+        data_dir=dataset_dir, split="val",
+        output_dir=os.path.join(REPO_ROOT, model_dir, f"{name}_{method}"),
+        decode_method=decode_method, blur_sigma_cells=blur_sigma_cells,
+        fh1_method=method, overlays=8, overlay_order="worst", progress=False, verbose=False)
   with open(flagfile) as f:
     flagfile_text = f.read()
-  result = {
-      "config": FLAGS.config,
+  return {
       "flagfile": os.path.relpath(flagfile, REPO_ROOT),
       "flagfile_contents": flagfile_text,
+      "train_args": list(train_args),
       "train_command": " ".join(["python"] + train_cmd[1:]),
       "model_dir": model_dir,
-      "checkpoint": FLAGS.checkpoint,
+      "checkpoint": checkpoint,
       "epochs_done": state.get("epoch"),
       "train_seconds": state.get("train_seconds"),
       "this_call_seconds": this_call_s,
@@ -90,19 +97,41 @@ def main(argv):
       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                   "load_average": os.getloadavg()},
   }
+
+
+def summary_lines(name, result):
+  """Printable lines: training time and the val figures of each FH1 method."""
+  lines = [f"{name}: {result['epochs_done']} epochs, "
+           f"{(result['train_seconds'] or 0) / 60:.1f} min of training"]
+  for method, report in result["reports"].items():
+    lines.append(
+        f"  FH1 by {method:8s} MRE_512 {report['mre_512']['mean']:.2f} (FH1 "
+        f"{report['mre_512']['FH1']:.2f})  AoP error mean {report['aop_error_deg']['mean']:.2f} "
+        f"median {report['aop_error_deg']['median']:.2f} deg  "
+        f"{report['inference_ms_per_image']:.1f} ms/image")
+  return lines
+
+
+def write_json(path, obj):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2, default=str)
+    f.write("\n")
+
+
+def main(argv):
+  del argv
+  flagfile = os.path.join(CONFIGS, f"{FLAGS.config}.cfg")
+  if not os.path.exists(flagfile):
+    raise app.UsageError(f"No flagfile {flagfile}; pick one of {sorted(os.listdir(CONFIGS))}.")
+  ensure_dataset(FLAGS.dataset_dir, FLAGS.psfhs_dir)
+  model_dir = FLAGS.model_dir or os.path.join("runs", f"{FLAGS.config}_psfhs")
+  result = {"config": FLAGS.config,
+            **measure(flagfile, model_dir, FLAGS.dataset_dir, FLAGS.train_args, FLAGS.checkpoint)}
   out = FLAGS.out or os.path.join(REPO_ROOT, "benchmarks", "results",
                                   f"accuracy_{FLAGS.config}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2, default=str)
-    f.write("\n")
-  print(f"\n{FLAGS.config}: {state.get('epoch')} epochs, {state.get('train_seconds', 0) / 60:.1f} "
-        "min of training")
-  for method, report in reports.items():
-    print(f"  FH1 by {method:8s} MRE_512 {report['mre_512']['mean']:.2f} (FH1 "
-          f"{report['mre_512']['FH1']:.2f})  AoP error mean {report['aop_error_deg']['mean']:.2f} "
-          f"median {report['aop_error_deg']['median']:.2f} deg  "
-          f"{report['inference_ms_per_image']:.1f} ms/image")
+  write_json(out, result)
+  print("\n" + "\n".join(summary_lines(FLAGS.config, result)))
   print(f"wrote {out}")
 
 
