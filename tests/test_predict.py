@@ -122,6 +122,17 @@ def test_savedmodel_bfloat16_is_close_and_stays_with_its_model(setup):
   np.testing.assert_array_equal(again["heatmaps"], want["heatmaps"])
 
 
+def test_bfloat16_default_follows_the_cpu_flags(tmp_path):
+  def cpuinfo(flags):
+    path = tmp_path / f"cpuinfo_{len(flags)}"
+    path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\nbogomips\t: 1\n")
+    return str(path)
+  assert predict.native_bfloat16(cpuinfo("avx2 avx512f avx512_bf16"))
+  assert predict.native_bfloat16(cpuinfo("avx2 amx_bf16 amx_tile"))
+  assert not predict.native_bfloat16(cpuinfo("avx2 avx512f avx512_vnni"))
+  assert not predict.native_bfloat16(str(tmp_path / "no_such_file"))
+
+
 def test_model_failure_skips_only_the_culprit(setup):
   class Flaky:
     def predict(self, images):
