@@ -95,27 +95,41 @@ def predict_on_dataset(model, dataset, decode_method="dark", blur_sigma_cells=0.
                      f"{heatmap.DECODE_METHODS}.")
   step = None
 
+  def run(batch):
+    nonlocal step
+    if step is None:
+      step = _step_fn(model, decode_method, blur_sigma_cells, batch["image"].shape[1:],
+                      fh1_method)
+    landmarks, confidence, maps = step(tf.cast(batch["image"], tf.float32),
+                                       tf.cast(batch["size_px"], tf.float32))
+    return (landmarks.numpy(), confidence.numpy(), maps.numpy() if keep_heatmaps else None,
+            np.asarray(batch["size_px"], np.float32))
+
+  return _run_batches(dataset, run, progress, total, timing, keep_heatmaps)
+
+
+def _run_batches(batches, run, progress, total, timing, keep_heatmaps):
+  """The loop of `predict_on_dataset` and `predict_with_serving`.
+
+  `run(batch) -> (landmarks [B,3,2], confidence [B,3], heatmaps or None, size_px [B,2])`, numpy,
+  timed per batch; `batch` also gives `landmarks` (ground truth) and `filename`.
+  """
   parts = {k: [] for k in ("pred_px", "gt_px", "size_px", "confidence", "filename", "heatmaps")}
   batch_s, batch_n = [], []
   start = time.perf_counter()
   with tqdm(total=total, unit="img", desc="predict", disable=not progress,
             dynamic_ncols=True) as bar:
-    for batch in dataset:
-      if step is None:
-        step = _step_fn(model, decode_method, blur_sigma_cells, batch["image"].shape[1:],
-                        fh1_method)
+    for batch in batches:
       t0 = time.perf_counter()
-      landmarks, confidence, maps = step(tf.cast(batch["image"], tf.float32),
-                                         tf.cast(batch["size_px"], tf.float32))
-      landmarks = landmarks.numpy()
+      landmarks, confidence, maps, size_px = run(batch)
       batch_s.append(time.perf_counter() - t0)
       parts["pred_px"].append(landmarks)
-      parts["confidence"].append(confidence.numpy())
+      parts["confidence"].append(confidence)
       parts["gt_px"].append(np.asarray(batch["landmarks"], np.float32))
-      parts["size_px"].append(np.asarray(batch["size_px"], np.float32))
+      parts["size_px"].append(size_px)
       parts["filename"].extend(_to_str(np.asarray(batch["filename"]).tolist()))
       if keep_heatmaps:
-        parts["heatmaps"].append(maps.numpy())
+        parts["heatmaps"].append(maps)
       batch_n.append(len(landmarks))
       bar.update(len(landmarks))
   if timing is not None:
@@ -168,40 +182,29 @@ def predict_with_serving(serve_fn, examples, progress=False, total=None, timing=
   Returns:
     The `predict_on_dataset` dict.
   """
-  parts = {k: [] for k in ("pred_px", "gt_px", "size_px", "confidence", "filename", "heatmaps")}
-  batch_s, batch_n = [], []
-  start = time.perf_counter()
-  with tqdm(total=total, unit="img", desc="predict", disable=not progress,
-            dynamic_ncols=True) as bar:
+  def batches():
     for batch in examples:
-      images = tf.convert_to_tensor(batch["image"])
-      if images.shape.rank == 3:
-        images = images[None]
+      if np.ndim(batch["image"]) == 3:
         batch = {k: np.asarray(v)[None] for k, v in batch.items()}
-      if images.dtype != tf.uint8:
-        images = tf.cast(tf.clip_by_value(tf.round(tf.cast(images, tf.float32)), 0, 255),
-                         tf.uint8)
-      t0 = time.perf_counter()
-      out = serve_fn(images=images)
-      landmarks = np.asarray(out["landmarks"], np.float32)
-      batch_s.append(time.perf_counter() - t0)
-      height, width = int(images.shape[1]), int(images.shape[2])
-      parts["pred_px"].append(landmarks)
-      parts["confidence"].append(np.asarray(out["confidence"], np.float32))
-      parts["gt_px"].append(np.asarray(batch["landmarks"], np.float32))
-      parts["size_px"].append(np.tile(np.array([[width, height]], np.float32),
-                                      (len(landmarks), 1)))
-      parts["filename"].extend(_to_str(np.asarray(batch["filename"]).tolist()))
-      if keep_heatmaps:
-        if "heatmaps" not in out:
-          raise KeyError("The serving signature returns no 'heatmaps'; run without heatmap "
-                         "panels (--overlays 0) or re-export with heatmaps.")
-        parts["heatmaps"].append(np.asarray(out["heatmaps"], np.float32))
-      batch_n.append(len(landmarks))
-      bar.update(len(landmarks))
-  if timing is not None:
-    _fill_timing(timing, batch_s, batch_n, time.perf_counter() - start)
-  return _collect(parts, keep_heatmaps)
+      yield batch
+
+  def run(batch):
+    images = tf.convert_to_tensor(batch["image"])
+    if images.dtype != tf.uint8:
+      images = tf.cast(tf.clip_by_value(tf.round(tf.cast(images, tf.float32)), 0, 255), tf.uint8)
+    out = serve_fn(images=images)
+    landmarks = np.asarray(out["landmarks"], np.float32)
+    maps = None
+    if keep_heatmaps:
+      if "heatmaps" not in out:
+        raise KeyError("The serving signature returns no 'heatmaps'; run without heatmap "
+                       "panels (--overlays 0) or re-export with heatmaps.")
+      maps = np.asarray(out["heatmaps"], np.float32)
+    height, width = int(images.shape[1]), int(images.shape[2])
+    size_px = np.tile(np.array([[width, height]], np.float32), (len(landmarks), 1))
+    return landmarks, np.asarray(out["confidence"], np.float32), maps, size_px
+
+  return _run_batches(batches(), run, progress, total, timing, keep_heatmaps)
 
 
 def per_image_errors(pred_px, gt_px, size_px):
