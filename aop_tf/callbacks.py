@@ -215,18 +215,16 @@ class Validation(keras.callbacks.Callback):
   `(x, y)` pairs. Runs every `val_every` epochs, at the last epoch and when the time budget runs
   out (not after a stop signal); adds to the epoch logs `val_loss` (and per-output losses),
   `val_mre_px`, `val_mre_512`, `val_aop_error_deg` (means over images), and keeps the full
-  `metrics.report` in `status.val["report"]`.
+  `metrics.report` in `status.val["report"]`. `decode`: config.json's `decode` dict (`method`,
+  `blur_sigma_cells`, `fh1_method`).
   """
 
-  def __init__(self, status, dataset, keras_dataset, decode_method, blur_sigma_cells, val_every,
-               epochs, fh1_method="heatmap"):
+  def __init__(self, status, dataset, keras_dataset, decode, val_every, epochs):
     super().__init__()
     self.status = status
     self.dataset = dataset
     self.keras_dataset = keras_dataset
-    self.decode_method = decode_method
-    self.blur_sigma_cells = blur_sigma_cells
-    self.fh1_method = fh1_method
+    self.decode = dict(decode)
     self.val_every = max(1, int(val_every))
     self.epochs = epochs
 
@@ -242,8 +240,9 @@ class Validation(keras.callbacks.Callback):
     if self.dataset is None or not self.status.epoch_complete() or not self.due(epoch):
       return
     losses = self.model.evaluate(self.keras_dataset, verbose=0, return_dict=True)
-    preds = metrics.predict_on_dataset(self.model, self.dataset, self.decode_method,
-                                       self.blur_sigma_cells, fh1_method=self.fh1_method)
+    preds = metrics.predict_on_dataset(self.model, self.dataset, self.decode["method"],
+                                       self.decode["blur_sigma_cells"],
+                                       fh1_method=self.decode["fh1_method"])
     report = metrics.report(metrics.per_image_errors(preds["pred_px"], preds["gt_px"],
                                                      preds["size_px"]))
     values = {f"val_{name}": float(value) for name, value in losses.items()}
@@ -270,20 +269,17 @@ class TensorBoardLogger(keras.callbacks.Callback):
     log_dir: event-file folder.
     tb_batch: None, or a dict of numpy arrays of the fixed images: `image` [N,S,S,C] 0..255,
       `landmarks` [N,3,2] original pixels, `size_px` [N,2].
-    decode_method, blur_sigma_cells, fh1_method: as for validation.
+    decode: config.json's `decode` dict, as for validation.
     heatmap_scale: target amplitude; heatmaps are divided by it for display on a 0..1 scale.
     images_per_epoch: training images per epoch (for throughput).
   """
 
-  def __init__(self, status, log_dir, tb_batch, decode_method, blur_sigma_cells, heatmap_scale,
-               images_per_epoch, fh1_method="heatmap"):
+  def __init__(self, status, log_dir, tb_batch, decode, heatmap_scale, images_per_epoch):
     super().__init__()
     self.status = status
     self.log_dir = log_dir
     self.tb_batch = tb_batch
-    self.decode_method = decode_method
-    self.blur_sigma_cells = blur_sigma_cells
-    self.fh1_method = fh1_method
+    self.decode = dict(decode)
     self.heatmap_scale = heatmap_scale
     self.images_per_epoch = images_per_epoch
     self.writer = None
@@ -337,8 +333,9 @@ class TensorBoardLogger(keras.callbacks.Callback):
     batch = self.tb_batch
     outputs = self.model(batch["image"], training=False)
     maps = outputs["heatmaps"]
-    pred_px, aop_pred, _ = decode_lib.decode_outputs(outputs, batch["size_px"], self.decode_method,
-                                                     self.blur_sigma_cells, self.fh1_method)
+    pred_px, aop_pred, _ = decode_lib.decode_outputs(
+        outputs, batch["size_px"], self.decode["method"], self.decode["blur_sigma_cells"],
+        self.decode["fh1_method"])
     aop_gt = geometry.aop_deg(batch["landmarks"]).numpy()
     side = batch["image"].shape[1]
     # The pictures show the model input (S x S); points map there from the original frame, the AoP

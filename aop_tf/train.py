@@ -386,6 +386,7 @@ def train(config, extra_callbacks=()):
     raise ConfigError(f"{model_dir} already holds latest.keras; pass --resume to continue it or "
                       "choose a new --model_dir.")
   new_json = config_json(config)
+  decode = new_json["decode"]
   if resuming and os.path.exists(config_path):
     _check_resumable(model_dir_lib.read_json(config_path), new_json, model_dir)
   state = model_dir_lib.read_json(state_path) if resuming and os.path.exists(state_path) else {}
@@ -455,14 +456,12 @@ def train(config, extra_callbacks=()):
           epochs=config.epochs, step_epochs=config.lr_step_epochs,
           step_factor=config.lr_step_factor, warmup_epochs=config.warmup_epochs),
       guard,
-      callbacks_lib.Validation(status, val_ds, val_keras, config.decode_method,
-                               config.decode_blur_sigma, config.val_every, config.epochs,
-                               config.fh1_method),
+      callbacks_lib.Validation(status, val_ds, val_keras, decode, config.val_every,
+                               config.epochs),
       callbacks_lib.TensorBoardLogger(
           status, os.path.join(model_dir, "logs"),
-          _tb_batch(data_dir, config.val_split, pipeline, config.num_tb_images),
-          config.decode_method, config.decode_blur_sigma, config.heatmap_scale,
-          steps_per_epoch * config.batch_size, config.fh1_method),
+          _tb_batch(data_dir, config.val_split, pipeline, config.num_tb_images), decode,
+          config.heatmap_scale, steps_per_epoch * config.batch_size),
       callbacks_lib.Checkpointer(status, model_dir, config.checkpoint_every, state),
   ]
   verbose = config.verbose if config.verbose >= 0 else (1 if sys.stdout.isatty() else 2)
