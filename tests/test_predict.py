@@ -167,7 +167,7 @@ def test_cli_csv_json_and_overlays(setup, tmp_path):
   flagfile = tmp_path / "predict.cfg"
   flagfile.write_text(f"--model={setup['export_dir']}\n--inputs={d}/*.png,{d}/sub,{d}/f.jpg\n"
                       f"--output={tmp_path / 'out.csv'}\n--overlay_dir={tmp_path / 'overlays'}\n"
-                      "--batch_size=2\n")
+                      "--batch_size=2\n--nobfloat16\n")  # float32, to compare with TFLite
   result = _run_cli([f"--flagfile={flagfile}"], REPO)
   assert result.returncode == 0, result.stdout + result.stderr
   with open(tmp_path / "out.csv") as f:
