@@ -91,7 +91,7 @@ def test_cpu_flagfiles():
     assert getattr(base, key) == getattr(paper, key), key
   assert not base.augment and base.decode_method == "argmax"
   assert cpu.augment and cpu.decode_method == "dark"
-  assert cpu.augment_config["scale_range"] == (0.9, 1.1)
+  assert cpu.augment_config["scale_range"] == (0.85, 1.15)
 
 
 def test_command_line_overrides_flagfile_wherever_it_stands():
