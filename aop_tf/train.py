@@ -8,8 +8,8 @@ Running the same command again resumes from `latest.keras` (weights, optimizer s
 counter; the data continue at the next epoch), and ends with the same weights as an uninterrupted
 run. SIGTERM / Ctrl-C stop after the current step and save `latest.keras` there (mid-epoch:
 `state.json["partial"]`; the resumed run continues at the next batch of that epoch, with the same
-batches as an uninterrupted run); `--max_train_minutes` stops after the epoch in which the budget (counted over all
-resumed runs) runs out.
+batches as an uninterrupted run); `--max_train_minutes` stops after the epoch in which the budget
+(counted over all resumed runs) runs out.
 
 Flags given on the command line override those of `--flagfile`, wherever they stand.
 Library use: `train(TrainConfig(...))`.

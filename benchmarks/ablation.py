@@ -14,6 +14,7 @@ Writes `benchmarks/results/ablation.json` (every row's reports and commands) and
 (the table). Rows already trained in `runs/ablation/<row>` are resumed or just re-evaluated.
 """
 
+import json
 import os
 import sys
 
@@ -26,9 +27,10 @@ flags.DEFINE_integer("cosine_epochs", 6, "Epochs of the rows with the cosine sch
                      "fit in --minutes on this machine).")
 flags.DEFINE_string("runs_dir", os.path.join("runs", "ablation"), "Where the rows train.")
 flags.DEFINE_string("full_result", os.path.join(accuracy.REPO_ROOT, "benchmarks", "results",
-                                                "accuracy_cpu.json"),
+                                                "accuracy_cpu_next.json"),
                     "benchmarks.accuracy JSON of cpu.cfg at the full budget, added as the last row "
-                    "where it exists.")
+                    "where it exists (accuracy_cpu_next.json: the run of the current cpu.cfg flags, "
+                    "then named cpu_next.cfg; accuracy_cpu.json holds the earlier 20-epoch recipe).")
 FLAGS = flags.FLAGS
 
 # (row name, what it adds, the cpu.cfg flags it takes over). "decode" rows need no training.
@@ -114,7 +116,6 @@ def main(argv):
     results.append(result)
     print("\n".join(accuracy.summary_lines(name, result)), flush=True)
   if os.path.exists(FLAGS.full_result):
-    import json  # pylint: disable=import-outside-toplevel
     with open(FLAGS.full_result) as f:
       full = json.load(f)
     full.update(name="cpu_full", label="cpu.cfg, full budget (benchmarks.accuracy)")
