@@ -222,6 +222,8 @@ def per_image_errors(pred_px, gt_px, size_px):
       `abs_px` [N,3,2] and `abs_512` [N,3,2] absolute `(dx, dy)`;
       `aop_pred_deg`, `aop_gt_deg` [N] (NaN where undefined);
       `aop_error_deg` [N] `|pred - gt|`, NaN where either AoP is undefined;
+      `aop_error_by_landmark_deg` [N,3]: the AoP error when only that landmark is predicted
+        (the other two from the ground truth): how much of the AoP error each landmark causes;
       `degenerate` bool [N]: predicted AoP undefined (PS1 coincides with PS2 or FH1);
       `gt_degenerate` bool [N]: ground-truth AoP undefined (a labelling problem).
   """
@@ -235,6 +237,12 @@ def per_image_errors(pred_px, gt_px, size_px):
   abs_512 = abs_px * scale
   aop_pred = geometry.aop_deg(pred).numpy() if len(pred) else np.zeros((0,), np.float32)
   aop_gt = geometry.aop_deg(gt).numpy() if len(gt) else np.zeros((0,), np.float32)
+  by_landmark = np.zeros(pred.shape[:-1], np.float32)
+  for k in range(3):
+    if len(pred):
+      one = gt.copy()
+      one[:, k] = pred[:, k]
+      by_landmark[:, k] = np.abs(geometry.aop_deg(one).numpy() - aop_gt)
   return {
       "radial_px": np.sqrt(np.sum(np.square(abs_px), axis=-1)),
       "radial_512": np.sqrt(np.sum(np.square(abs_512), axis=-1)),
@@ -243,6 +251,7 @@ def per_image_errors(pred_px, gt_px, size_px):
       "aop_pred_deg": aop_pred,
       "aop_gt_deg": aop_gt,
       "aop_error_deg": np.abs(aop_pred - aop_gt),
+      "aop_error_by_landmark_deg": by_landmark,
       "degenerate": np.isnan(aop_pred),
       "gt_degenerate": np.isnan(aop_gt),
   }
@@ -252,6 +261,13 @@ def _num(x):
   """Python float for JSON; None for NaN/inf (JSON has no NaN)."""
   x = float(x)
   return x if math.isfinite(x) else None
+
+
+def _mean_finite(values):
+  """Mean of the finite values, None where there are none."""
+  values = np.asarray(values, np.float64)
+  values = values[np.isfinite(values)]
+  return _num(np.mean(values)) if values.size else None
 
 
 def _stats(values):
@@ -289,7 +305,8 @@ def report(errors):
   Keys: `n_images`; `mre_px`, `mre_512` (mean radial error per landmark `PS1`, `PS2`, `FH1`, over
   all `mean` and its `sd`); `mae_px`, `mae_512` (mean absolute coordinate error, the same keys plus
   per axis `x`, `y`); `sdr_512` (share of landmarks within 2, 4, 8 px of 512 space, keys "2", "4",
-  "8"); `aop_error_deg` (`mean`, `median`, `sd`, `p90`, `n`); `aop_agreement_120` (share of images
+  "8"); `aop_error_deg` (`mean`, `median`, `sd`, `p90`, `n`); `aop_error_by_landmark_deg` (mean
+  AoP error, degrees, with only `PS1`, `PS2` or `FH1` predicted); `aop_agreement_120` (share of images
   whose predicted AoP is on the same side of 120 deg as the ground truth, `>= 120` counting as
   above); `n_degenerate` (predicted AoP undefined; those images are left out of the AoP statistics,
   not of the landmark errors); `n_gt_degenerate` (ground-truth AoP undefined, also left out).
@@ -305,6 +322,8 @@ def report(errors):
   aop_error = np.asarray(errors["aop_error_deg"], np.float64)[valid]
   radial_512 = np.asarray(errors["radial_512"], np.float64)
 
+  by_landmark = np.asarray(errors["aop_error_by_landmark_deg"], np.float64)[valid]
+  by_landmark = {name: _mean_finite(by_landmark[:, k]) for k, name in enumerate(LANDMARK_NAMES)}
   aop_stats = _stats(aop_error)
   aop_stats["n"] = int(valid.sum())
   agree = (aop_pred >= AOP_THRESHOLD_DEG) == (aop_gt >= AOP_THRESHOLD_DEG)
@@ -318,6 +337,7 @@ def report(errors):
       "mae_512": _per_landmark_abs(errors["abs_512"]),
       "sdr_512": sdr,
       "aop_error_deg": aop_stats,
+      "aop_error_by_landmark_deg": by_landmark,
       "aop_agreement_120": _num(np.mean(agree)) if agree.size else None,
       "n_degenerate": int(degenerate.sum()),
       "n_gt_degenerate": int(gt_degenerate.sum()),
@@ -341,4 +361,8 @@ def summary_table(summary):
   lines.append(f"AoP error deg: mean {fmt(aop['mean'])}  median {fmt(aop['median'])}  "
                f"sd {fmt(aop['sd'])}  p90 {fmt(aop['p90'])}   "
                f"agreement at 120: {fmt(summary['aop_agreement_120'], '.1%')}")
+  by_landmark = summary.get("aop_error_by_landmark_deg")
+  if by_landmark:
+    lines.append("AoP error deg with only one landmark predicted: " + "  ".join(
+        f"{name} {fmt(by_landmark[name])}" for name in LANDMARK_NAMES))
   return "\n".join(lines)

@@ -86,6 +86,22 @@ def test_aop_error_and_agreement_at_120():
   assert summary["n_degenerate"] == 0
 
 
+def test_aop_error_by_landmark_moves_one_landmark_at_a_time():
+  # GT: PS1 (10, 10), PS2 (0, 10), FH1 (10, 20): 90 deg. The prediction moves FH1 to 45 deg
+  # (AoP 135) and PS2 to (0, 0) (PS1->PS2 at 225 deg): each alone changes the AoP by 45 deg.
+  gt = np.array([[[10, 10], [0, 10], [10, 20]]] * 2, np.float32)
+  pred = gt.copy()
+  pred[0, 2] = [20, 20]
+  pred[1, 1] = [0, 0]
+  errors = metrics.per_image_errors(pred, gt, [64, 64])
+  np.testing.assert_allclose(errors["aop_error_by_landmark_deg"], [[0, 0, 45], [0, 45, 0]],
+                             atol=1e-3)
+  summary = metrics.report(errors)
+  assert summary["aop_error_by_landmark_deg"] == pytest.approx(
+      {"PS1": 0.0, "PS2": 22.5, "FH1": 22.5}, abs=1e-3)
+  assert "PS2 22.50" in metrics.summary_table(summary)
+
+
 def test_degenerate_prediction_is_counted_not_dropped():
   gt = np.array([[[10, 10], [0, 10], [10, 20]]] * 3, np.float32)
   pred = gt.copy()
