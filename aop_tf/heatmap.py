@@ -118,6 +118,28 @@ def decode_heatmaps(heatmaps, method="dark", blur_sigma_cells=0.0):
   return points + offset, peak
 
 
+def soft_argmax(heatmaps):
+  """Expected cell position of each heatmap taken as a distribution (its values / their sum).
+
+  Differentiable (the coordinate and AoP losses train through it); cells, `(x, y)`, cell centres
+  at integers. Negative values are not expected (softmax outputs, Gaussian targets).
+
+  Args:
+    heatmaps: float [B, R, R, K].
+
+  Returns:
+    float32 [B, K, 2].
+  """
+  heatmaps = tf.cast(heatmaps, tf.float32)
+  prob = heatmaps / tf.maximum(tf.reduce_sum(heatmaps, axis=[1, 2], keepdims=True), 1e-12)
+  shape = tf.shape(heatmaps)
+  ys = tf.range(shape[1], dtype=tf.float32)
+  xs = tf.range(shape[2], dtype=tf.float32)
+  x = tf.reduce_sum(tf.reduce_sum(prob, axis=1) * xs[None, :, None], axis=1)  # [B, K]
+  y = tf.reduce_sum(tf.reduce_sum(prob, axis=2) * ys[None, :, None], axis=1)
+  return tf.stack([x, y], axis=-1)
+
+
 def decode_landmarks(heatmaps, image_size_px, method="dark", blur_sigma_cells=0.0):
   """Heatmaps -> landmarks in original-image pixels, AoP and confidence.
 

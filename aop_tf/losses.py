@@ -13,6 +13,9 @@ The classes are registered Keras serializables, so `.keras` checkpoints load wit
 import keras
 import tensorflow as tf
 
+from aop_tf import geometry
+from aop_tf import heatmap
+
 HEATMAP_LOSSES = ("mse", "weighted_mse", "awing", "softmax_ce")
 # Losses that need the model's spatial-softmax heatmap head (`build_unet(heatmap_activation=...)`).
 SOFTMAX_LOSSES = ("softmax_ce",)
@@ -104,10 +107,21 @@ class SpatialSoftmaxCE(keras.losses.Loss):
   deep basin that sparse targets take epochs to leave, every cell gets a gradient from the first
   step. The optimum is the target distribution itself, so the predicted map is Gaussian-shaped
   around the landmark and DARK decoding applies unchanged.
+
+  Optional geometric terms on the expected positions (`heatmap.soft_argmax`, cells) of prediction
+  and target, which the cross-entropy's optimum leaves unchanged:
+  `coord_weight` * mean Euclidean distance over the landmarks (cells), and `aop_weight` * the
+  absolute AoP difference (degrees; `geometry.aop_deg`, which is the same in cells and pixels).
+
+  Args:
+    coord_weight: weight of the coordinate term (>= 0).
+    aop_weight: weight of the AoP term (>= 0).
   """
 
-  def __init__(self, name="softmax_ce", **kwargs):
+  def __init__(self, coord_weight=0.0, aop_weight=0.0, name="softmax_ce", **kwargs):
     super().__init__(name=name, **kwargs)
+    self.coord_weight = float(coord_weight)
+    self.aop_weight = float(aop_weight)
 
   def call(self, y_true, y_pred):
     y_true = tf.cast(y_true, tf.float32)
@@ -115,7 +129,23 @@ class SpatialSoftmaxCE(keras.losses.Loss):
     target = y_true / tf.maximum(tf.reduce_sum(y_true, axis=[1, 2], keepdims=True), 1e-12)
     prob = y_pred / tf.maximum(tf.reduce_sum(y_pred, axis=[1, 2], keepdims=True), 1e-12)
     ce = -tf.reduce_sum(target * tf.math.log(tf.maximum(prob, 1e-12)), axis=[1, 2])  # [B, K]
-    return tf.reduce_mean(ce, axis=-1)
+    loss = tf.reduce_mean(ce, axis=-1)
+    if not (self.coord_weight or self.aop_weight):
+      return loss
+    true_xy = heatmap.soft_argmax(target)  # [B, K, 2] cells
+    pred_xy = heatmap.soft_argmax(prob)
+    if self.coord_weight:
+      dist = tf.sqrt(tf.reduce_sum(tf.square(pred_xy - true_xy), axis=-1) + 1e-8)
+      loss += self.coord_weight * tf.reduce_mean(dist, axis=-1)
+    if self.aop_weight:
+      diff = tf.abs(geometry.aop_deg(pred_xy) - geometry.aop_deg(true_xy))
+      # Degenerate (NaN) angles, e.g. an all-zero dummy target, contribute nothing.
+      loss += self.aop_weight * tf.where(tf.math.is_finite(diff), diff, tf.zeros_like(diff))
+    return loss
+
+  def get_config(self):
+    return {**super().get_config(), "coord_weight": self.coord_weight,
+            "aop_weight": self.aop_weight}
 
 
 @keras.saving.register_keras_serializable(package="aop_tf")
@@ -141,7 +171,8 @@ class MaskedSegmentationLoss(keras.losses.Loss):
     return tf.reduce_sum(nll, axis=[1, 2]) / tf.maximum(count, 1.0)
 
 
-def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0):
+def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0, coord_weight=0.0,
+                 aop_weight=0.0):
   """The heatmap loss called `name` (one of `HEATMAP_LOSSES`).
 
   Args:
@@ -149,7 +180,14 @@ def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0):
       "softmax_ce" (`SpatialSoftmaxCE`; needs the spatial-softmax head).
     heatmap_scale: target amplitude multiplier.
     foreground_weight: for "weighted_mse", the extra weight at the peaks.
+    coord_weight, aop_weight: for "softmax_ce", its soft-argmax coordinate (cells) and AoP
+      (degrees) terms; other losses need both 0.
   """
+  if name not in SOFTMAX_LOSSES and (coord_weight or aop_weight):
+    raise ValueError(f"The coordinate/AoP loss terms need a softmax loss {SOFTMAX_LOSSES}; "
+                     f"got {name!r}.")
+  if coord_weight < 0 or aop_weight < 0:
+    raise ValueError(f"coord_weight {coord_weight} and aop_weight {aop_weight} must be >= 0.")
   if name == "mse":
     return HeatmapMSE(heatmap_scale, 0.0, name="mse")
   if name == "weighted_mse":
@@ -159,5 +197,5 @@ def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0):
   if name == "awing":
     return AdaptiveWingLoss(heatmap_scale)
   if name == "softmax_ce":
-    return SpatialSoftmaxCE()
+    return SpatialSoftmaxCE(coord_weight, aop_weight)
   raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(HEATMAP_LOSSES)}.")

@@ -85,6 +85,8 @@ class TrainConfig:
   heatmap_scale: float = 1.0
   foreground_weight: float = 10.0
   seg_loss_weight: float = 1.0
+  coord_loss_weight: float = 0.0
+  aop_loss_weight: float = 0.0
   # Optimizer and schedule.
   optimizer: str = "adam"
   learning_rate: float = 1e-4
@@ -167,9 +169,14 @@ def check_config(config):
                   "lr_step_factor", "val_every")
   _check_positive(config, "seg_classes", "seg_loss_weight", "weight_decay", "warmup_epochs",
                   "steps_per_epoch", "checkpoint_every", "num_tb_images", "max_train_minutes",
-                  "decode_blur_sigma", "foreground_weight", "shuffle_buffer", allow_zero=True)
+                  "decode_blur_sigma", "foreground_weight", "shuffle_buffer", "coord_loss_weight",
+                  "aop_loss_weight", allow_zero=True)
   if config.loss == "weighted_mse" and config.foreground_weight <= 0:
     raise ConfigError("--loss=weighted_mse needs --foreground_weight > 0.")
+  if (config.coord_loss_weight or config.aop_loss_weight) and \
+      config.loss not in losses.SOFTMAX_LOSSES:
+    raise ConfigError(f"--coord_loss_weight/--aop_loss_weight need --loss in "
+                      f"{losses.SOFTMAX_LOSSES}; got --loss={config.loss}.")
   if not config.data_dir:
     raise ConfigError("--data_dir is required (a dataset written by `python -m data_prep.build`).")
   if not config.model_dir:
@@ -308,7 +315,8 @@ def build_compiled_model(config):
   """
   model = model_lib.build_unet(**model_kwargs(config))
   loss = {"heatmaps": losses.heatmap_loss(config.loss, config.heatmap_scale,
-                                          config.foreground_weight)}
+                                          config.foreground_weight, config.coord_loss_weight,
+                                          config.aop_loss_weight)}
   loss_weights = {"heatmaps": 1.0}
   if config.seg_classes:
     loss["segmentation"] = losses.MaskedSegmentationLoss()
@@ -528,6 +536,10 @@ def define_flags(flag_values=flags.FLAGS):
   f.DEFINE_float("heatmap_scale", d.heatmap_scale, "Target peak amplitude multiplier.")
   f.DEFINE_float("foreground_weight", d.foreground_weight, "weighted_mse: extra weight at peaks.")
   f.DEFINE_float("seg_loss_weight", d.seg_loss_weight, "Weight of the segmentation loss.")
+  f.DEFINE_float("coord_loss_weight", d.coord_loss_weight, "softmax_ce: weight of the soft-argmax "
+                 "coordinate term (mean landmark distance, heatmap cells).")
+  f.DEFINE_float("aop_loss_weight", d.aop_loss_weight, "softmax_ce: weight of the soft-argmax AoP "
+                 "term (absolute AoP difference, degrees).")
   f.DEFINE_enum("optimizer", d.optimizer, list(OPTIMIZERS), "Optimizer (weight decay decoupled).")
   f.DEFINE_float("learning_rate", d.learning_rate, "Peak learning rate.")
   f.DEFINE_float("weight_decay", d.weight_decay, "Decoupled weight decay; 0 disables it.")

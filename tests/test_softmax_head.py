@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from aop_tf import geometry
 from aop_tf import heatmap
 from aop_tf import losses
 from aop_tf import model as model_lib
@@ -51,3 +52,34 @@ def test_softmax_ce_target_shaped_output_decodes_exactly():
   decoded, peak = heatmap.decode_heatmaps(output, "dark")
   np.testing.assert_allclose(decoded, points, atol=0.01)
   np.testing.assert_allclose(peak, np.asarray(target).max(axis=(1, 2)), atol=0.02)
+
+
+def test_soft_argmax_is_the_expected_cell_position():
+  points = np.array([[[10.3, 12.6], [20.0, 5.5], [16.2, 25.1]]], np.float32)
+  np.testing.assert_allclose(heatmap.soft_argmax(_targets(points)), points, atol=0.01)
+  one_hot = np.zeros((1, 8, 8, 1), np.float32)
+  one_hot[0, 5, 2, 0] = 3.0  # row 5, column 2: (x, y) = (2, 5); scale free
+  np.testing.assert_allclose(heatmap.soft_argmax(one_hot), [[[2.0, 5.0]]])
+
+
+def test_geometric_terms_add_the_coordinate_and_aop_errors():
+  true_points = np.array([[[20.0, 12.0], [8.0, 14.0], [24.0, 26.0]]], np.float32)
+  # PS2 moved 2 cells along y: coordinate error (0 + 2 + 0) / 3 cells, and an AoP change.
+  pred_points = true_points + np.array([[[0.0, 0.0], [0.0, 2.0], [0.0, 0.0]]], np.float32)
+  target, pred = _targets(true_points), _targets(pred_points)
+  ce = float(losses.SpatialSoftmaxCE()(target, pred))
+  coord = float(losses.SpatialSoftmaxCE(coord_weight=1.0)(target, pred))
+  both = float(losses.SpatialSoftmaxCE(coord_weight=1.0, aop_weight=0.5)(target, pred))
+  aop_change = abs(float(geometry.aop_deg(pred_points)[0]) - float(geometry.aop_deg(true_points)[0]))
+  assert aop_change > 5.0
+  assert coord - ce == pytest.approx(2.0 / 3.0, abs=0.01)
+  assert both - coord == pytest.approx(0.5 * aop_change, rel=0.01)
+  # At the target both terms vanish, so the optimum of the cross-entropy is unchanged.
+  assert float(losses.SpatialSoftmaxCE(1.0, 0.5)(target, target)) == pytest.approx(
+      float(losses.SpatialSoftmaxCE()(target, target)), abs=1e-3)
+
+
+def test_geometric_terms_need_the_softmax_loss():
+  with pytest.raises(ValueError, match="softmax"):
+    losses.heatmap_loss("mse", coord_weight=1.0)
+  assert losses.heatmap_loss("softmax_ce", aop_weight=0.1).get_config()["aop_weight"] == 0.1

@@ -109,6 +109,8 @@ def test_command_line_overrides_flagfile_wherever_it_stands():
     (dict(model_dir=""), "--model_dir"),
     (dict(input_size=100), "input_size"),
     (dict(augment=True, augment_config={"affine_prob": 2.0}), "affine_prob"),
+    (dict(aop_loss_weight=0.1), "--aop_loss_weight need --loss"),
+    (dict(loss="softmax_ce", coord_loss_weight=-1.0), "--coord_loss_weight"),
 ])
 def test_check_config_names_the_flag(changes, match):
   config = dataclasses.replace(train.TrainConfig(data_dir="d", model_dir="m"), **changes)
