@@ -10,7 +10,10 @@ errors of the two rays of the AoP (PS1->PS2 and PS1->FH1, degrees, signed -> mea
 correlation), the pubic-symphysis length and midpoint errors (pixels), and the mean signed AoP
 error. With the raw PSFHS masks (`--psfhs_dir`) it also measures how far the labelled PS direction
 (the farthest-apart contour pair, the IUGC rule) is from the symphysis mask's principal axis: the
-part of the PS1->PS2 direction that the mask's overall shape does not fix.
+part of the PS1->PS2 direction that the mask's overall shape does not fix; and how sensitive the
+rule is: the landmarks the rule finds on the true masks after they are downsampled to R x R cells
+(area) and upsampled back (bilinear, argmax), as a segmentation head at that resolution would see
+them at best (`--rule_resolutions`).
 """
 
 import csv
@@ -27,6 +30,8 @@ flags.DEFINE_string("eval_dir", None, "Folder with per_image.csv from `python -m
 flags.DEFINE_string("psfhs_dir", None, "Raw PSFHS folder (masks/ and <split>.csv); default "
                     "$AOP_PSFHS_DIR or ../shared/data/psfhs; skipped if absent.")
 flags.DEFINE_string("split", "val", "PSFHS split whose masks are measured.")
+flags.DEFINE_list("rule_resolutions", ["64", "128"], "Mask resolutions (cells) for the rule's "
+                  "sensitivity; empty to skip.")
 flags.DEFINE_string("out", None, "Output JSON.")
 FLAGS = flags.FLAGS
 
@@ -77,18 +82,44 @@ def principal_axis_deg(binary):
 
 def label_rule_spread(psfhs_dir, split):
   """|labelled PS1->PS2 direction - PS mask principal axis|, degrees (mod 180), over a split."""
+  rows, masks, points = _read_split(psfhs_dir, split)
+  labelled = _direction_deg(points[:, 1] - points[:, 0])
+  axes = np.array([principal_axis_deg(m == PS_LABEL) for m in masks])
+  diffs = np.abs(_wrap(labelled - axes, 180.0))
+  return {"images": len(rows), "mean_deg": float(np.mean(diffs)),
+          "median_deg": float(np.median(diffs)), "p90_deg": float(np.percentile(diffs, 90))}
+
+
+def _read_split(psfhs_dir, split):
+  """(rows, masks uint8 [N, H, W], landmarks float32 [N, 3, 2]) of a raw PSFHS split."""
   import cv2  # pylint: disable=import-outside-toplevel
   with open(os.path.join(psfhs_dir, f"{split}.csv"), newline="") as f:
     rows = list(csv.DictReader(f))
-  diffs = []
-  for row in rows:
-    mask = cv2.imread(os.path.join(psfhs_dir, "masks", row["Filename"]), cv2.IMREAD_GRAYSCALE)
-    ps1, ps2 = (np.array([float(v) for v in row[k].strip("()").split(",")]) for k in ("PS1", "PS2"))
-    labelled = _direction_deg(ps2 - ps1)
-    diffs.append(_wrap(labelled - principal_axis_deg(mask == PS_LABEL), 180.0))
-  diffs = np.abs(np.array(diffs))
-  return {"images": len(rows), "mean_deg": float(np.mean(diffs)),
-          "median_deg": float(np.median(diffs)), "p90_deg": float(np.percentile(diffs, 90))}
+  masks = np.stack([cv2.imread(os.path.join(psfhs_dir, "masks", r["Filename"]),
+                               cv2.IMREAD_GRAYSCALE) for r in rows])
+  points = np.array([[[float(v) for v in r[k].strip("()").split(",")] for k in ("PS1", "PS2", "FH1")]
+                     for r in rows], np.float32)
+  return rows, masks, points
+
+
+def rule_sensitivity(masks, points, resolutions):
+  """Errors of the IUGC rule on the true masks seen at `resolutions` cells (pixels, degrees)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from aop_tf import geometry  # pylint: disable=import-outside-toplevel
+  from data_prep import masks as masks_lib  # pylint: disable=import-outside-toplevel
+  one_hot = np.eye(int(masks.max()) + 1, dtype=np.float32)[masks]
+  size = masks.shape[1:3]
+  aop_true = geometry.aop_deg(tf.constant(points)).numpy()
+  out = {}
+  for cells in resolutions:
+    coarse = tf.image.resize(one_hot, [cells, cells], "area")
+    back = tf.image.resize(coarse, size, "bilinear").numpy().argmax(-1).astype(np.uint8)
+    found = np.stack([masks_lib.landmarks_from_mask(m) for m in back])
+    err = np.linalg.norm(found - points, axis=-1)
+    aop = np.abs(geometry.aop_deg(tf.constant(found)).numpy() - aop_true)
+    out[str(cells)] = {"mre_px": {n: float(e) for n, e in zip(("PS1", "PS2", "FH1"), err.mean(0))},
+                       "mre_px_mean": float(err.mean()), "aop_error_deg": float(np.nanmean(aop))}
+  return out
 
 
 def main(argv):
@@ -105,6 +136,10 @@ def main(argv):
       "AOP_PSFHS_DIR", os.path.join(REPO_ROOT, "..", "shared", "data", "psfhs"))
   if os.path.isdir(os.path.join(psfhs, "masks")):
     result["label_direction_vs_mask_axis"] = label_rule_spread(psfhs, FLAGS.split)
+    if FLAGS.rule_resolutions:
+      _, masks, points = _read_split(psfhs, FLAGS.split)
+      result["rule_on_true_masks_at_resolution"] = rule_sensitivity(
+          masks, points, [int(r) for r in FLAGS.rule_resolutions])
   else:
     print(f"PSFHS masks not found at {psfhs}: the label-rule spread is skipped.")
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)

@@ -38,3 +38,17 @@ def test_principal_axis_of_a_tilted_bar():
     mask[np.round(y).astype(int), np.round(x).astype(int)] = True
   axis = error_analysis.principal_axis_deg(mask)
   assert abs(error_analysis._wrap(axis - 20.0, 180.0)) < 1.0  # pylint: disable=protected-access
+
+
+def test_rule_sensitivity_is_exact_at_full_resolution_and_not_when_coarse():
+  cv2 = pytest.importorskip("cv2")
+  from data_prep import masks as masks_lib  # pylint: disable=import-outside-toplevel
+  mask = np.zeros((64, 64), np.uint8)
+  cv2.ellipse(mask, (22, 20), (13, 4), 15, 0, 360, 1, -1)   # pubic symphysis
+  cv2.circle(mask, (36, 44), 14, 2, -1)                      # fetal head
+  masks = mask[None]
+  points = masks_lib.landmarks_from_mask(mask)[None]
+  out = error_analysis.rule_sensitivity(masks, points, [64, 8])
+  assert out["64"]["mre_px_mean"] == pytest.approx(0.0, abs=1e-6)
+  assert out["64"]["aop_error_deg"] == pytest.approx(0.0, abs=1e-4)
+  assert out["8"]["mre_px_mean"] > 0.5
