@@ -1,6 +1,9 @@
 """From the paper's recipe to cpu.cfg, one change at a time, each trained for the same minutes.
 
-  python -m benchmarks.ablation --minutes=8 --cosine_epochs=6
+  python -m benchmarks.ablation --minutes=10 --cosine_epochs=6
+  python -m benchmarks.ablation --minutes=10 --cosine_epochs=6 \
+      --cpu_flagfile=<(git show c023237:aop_tf/configs/cpu.cfg) \
+      --full_result=benchmarks/results/accuracy_cpu_next.json    # the session-3 table
 
 Row 1 trains `aop_tf/configs/baseline_cpu.cfg` (the paper's loss, sigma, heatmap size, optimizer,
 schedule, batch 4, no augmentation, argmax). Each later row adds one group of `cpu.cfg`'s settings
@@ -12,6 +15,8 @@ last row is therefore cpu.cfg at the short budget; its full-budget run is `bench
 
 Writes `benchmarks/results/ablation.json` (every row's reports and commands) and `ablation.md`
 (the table). Rows already trained in `runs/ablation/<row>` are resumed or just re-evaluated.
+The rows take their values from the flagfile at run time (`--cpu_flagfile`, default cpu.cfg), so a
+table is tied to the cpu.cfg it was measured with; ablation.json records every row's flags.
 """
 
 import json
@@ -26,11 +31,13 @@ flags.DEFINE_float("minutes", 8.0, "Training budget of every trained row, minute
 flags.DEFINE_integer("cosine_epochs", 6, "Epochs of the rows with the cosine schedule (should "
                      "fit in --minutes on this machine).")
 flags.DEFINE_string("runs_dir", os.path.join("runs", "ablation"), "Where the rows train.")
+flags.DEFINE_string("cpu_flagfile", os.path.join(accuracy.CONFIGS, "cpu.cfg"),
+                    "The recipe whose setting groups the rows add, one at a time.")
 flags.DEFINE_string("full_result", os.path.join(accuracy.REPO_ROOT, "benchmarks", "results",
-                                                "accuracy_cpu_next.json"),
-                    "benchmarks.accuracy JSON of cpu.cfg at the full budget, added as the last row "
-                    "where it exists (accuracy_cpu_next.json: the run of the current cpu.cfg flags, "
-                    "then named cpu_next.cfg; accuracy_cpu.json holds the earlier 20-epoch recipe).")
+                                                "accuracy_cpu_next2.json"),
+                    "benchmarks.accuracy JSON of --cpu_flagfile at the full budget, added as the "
+                    "last row where it exists (accuracy_cpu_next2.json: the current cpu.cfg, run as "
+                    "cpu_next.cfg; accuracy_cpu_next.json: the session-3 cpu.cfg).")
 FLAGS = flags.FLAGS
 
 # (row name, what it adds, the cpu.cfg flags it takes over). "decode" rows need no training.
@@ -99,7 +106,7 @@ def main(argv):
   del argv
   accuracy.ensure_dataset(accuracy.FLAGS.dataset_dir, accuracy.FLAGS.psfhs_dir)
   baseline = os.path.join(accuracy.CONFIGS, "baseline_cpu.cfg")
-  cpu_lines = flagfile_lines(os.path.join(accuracy.CONFIGS, "cpu.cfg"))
+  cpu_lines = flagfile_lines(FLAGS.cpu_flagfile)
   results = []
   model_dir = None
   for name, label, args, train in rows(cpu_lines, FLAGS.minutes, FLAGS.cosine_epochs):

@@ -91,7 +91,8 @@ def test_cpu_flagfiles():
     assert getattr(base, key) == getattr(paper, key), key
   assert not base.augment and base.decode_method == "argmax"
   assert cpu.augment and cpu.decode_method == "dark"
-  assert cpu.augment_config["scale_range"] == (0.85, 1.15)
+  assert cpu.augment_config["scale_range"] == (0.75, 1.3)
+  assert cpu.weight_decay == 0.05 and cpu.epochs == 44
 
 
 def test_command_line_overrides_flagfile_wherever_it_stands():
