@@ -138,9 +138,13 @@ class SpatialSoftmaxCE(keras.losses.Loss):
       dist = tf.sqrt(tf.reduce_sum(tf.square(pred_xy - true_xy), axis=-1) + 1e-8)
       loss += self.coord_weight * tf.reduce_mean(dist, axis=-1)
     if self.aop_weight:
-      diff = tf.abs(geometry.aop_deg(pred_xy) - geometry.aop_deg(true_xy))
-      # Degenerate (NaN) angles, e.g. an all-zero dummy target, contribute nothing.
-      loss += self.aop_weight * tf.where(tf.math.is_finite(diff), diff, tf.zeros_like(diff))
+      pred_aop, true_aop = geometry.aop_deg(pred_xy), geometry.aop_deg(true_xy)
+      # Degenerate (NaN) angles, e.g. an all-zero dummy target, contribute nothing, and no NaN
+      # gradient either (both sides are replaced before the difference).
+      valid = tf.logical_and(tf.math.is_finite(pred_aop), tf.math.is_finite(true_aop))
+      zeros = tf.zeros_like(pred_aop)
+      loss += self.aop_weight * tf.abs(tf.where(valid, pred_aop, zeros) -
+                                       tf.where(valid, true_aop, zeros))
     return loss
 
   def get_config(self):

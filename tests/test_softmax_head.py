@@ -83,3 +83,16 @@ def test_geometric_terms_need_the_softmax_loss():
   with pytest.raises(ValueError, match="softmax"):
     losses.heatmap_loss("mse", coord_weight=1.0)
   assert losses.heatmap_loss("softmax_ce", aop_weight=0.1).get_config()["aop_weight"] == 0.1
+
+
+def test_aop_term_ignores_a_degenerate_target_without_nan_gradients():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  target = np.array(_targets([[[20.0, 12.0], [8.0, 14.0], [24.0, 26.0]]] * 2))
+  target[1] = 0.0  # an example without landmarks: its soft-argmax points coincide
+  logits = tf.Variable(np.random.default_rng(0).normal(size=target.shape).astype(np.float32))
+  loss_fn = losses.SpatialSoftmaxCE(coord_weight=0.0, aop_weight=1.0)
+  with tf.GradientTape() as tape:
+    prob = tf.nn.softmax(tf.reshape(logits, [2, -1, 3]), axis=1)
+    loss = loss_fn.call(tf.constant(target), tf.reshape(prob, target.shape))
+  grad = tape.gradient(loss, logits)
+  assert np.all(np.isfinite(loss.numpy())) and np.all(np.isfinite(grad.numpy()))
