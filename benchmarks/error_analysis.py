@@ -23,8 +23,7 @@ import os
 from absl import app, flags
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PS_LABEL = 1
+from aop_tf import LANDMARK_NAMES
 
 flags.DEFINE_string("eval_dir", None, "Folder with per_image.csv from `python -m aop_tf.evaluate`.")
 flags.DEFINE_string("psfhs_dir", None, "Raw PSFHS folder (masks/ and <split>.csv); default "
@@ -50,8 +49,8 @@ def prediction_geometry(rows):
   def points(prefix, name):
     return np.array([[float(r[f"{prefix}_{name}_x"]), float(r[f"{prefix}_{name}_y"])]
                      for r in rows])
-  gt = {k: points("gt", k) for k in ("PS1", "PS2", "FH1")}
-  pred = {k: points("pred", k) for k in ("PS1", "PS2", "FH1")}
+  gt = {k: points("gt", k) for k in LANDMARK_NAMES}
+  pred = {k: points("pred", k) for k in LANDMARK_NAMES}
   ray_ps = _wrap(_direction_deg(pred["PS2"] - pred["PS1"]) - _direction_deg(gt["PS2"] - gt["PS1"]))
   ray_fh = _wrap(_direction_deg(pred["FH1"] - pred["PS1"]) - _direction_deg(gt["FH1"] - gt["PS1"]))
   length = np.linalg.norm(pred["PS2"] - pred["PS1"], axis=1)
@@ -80,26 +79,27 @@ def principal_axis_deg(binary):
   return float(_direction_deg(vectors[:, 1]))
 
 
-def label_rule_spread(psfhs_dir, split):
-  """|labelled PS1->PS2 direction - PS mask principal axis|, degrees (mod 180), over a split."""
-  rows, masks, points = _read_split(psfhs_dir, split)
+def label_rule_spread(masks, points):
+  """|labelled PS1->PS2 direction - PS mask principal axis|, degrees (mod 180), over masks."""
+  from data_prep import masks as masks_lib  # pylint: disable=import-outside-toplevel
   labelled = _direction_deg(points[:, 1] - points[:, 0])
-  axes = np.array([principal_axis_deg(m == PS_LABEL) for m in masks])
+  axes = np.array([principal_axis_deg(m == masks_lib.PS_LABEL) for m in masks])
   diffs = np.abs(_wrap(labelled - axes, 180.0))
-  return {"images": len(rows), "mean_deg": float(np.mean(diffs)),
+  return {"images": len(masks), "mean_deg": float(np.mean(diffs)),
           "median_deg": float(np.median(diffs)), "p90_deg": float(np.percentile(diffs, 90))}
 
 
 def _read_split(psfhs_dir, split):
-  """(rows, masks uint8 [N, H, W], landmarks float32 [N, 3, 2]) of a raw PSFHS split."""
+  """(masks uint8 [N, H, W], landmarks float32 [N, 3, 2]) of a raw PSFHS split."""
   import cv2  # pylint: disable=import-outside-toplevel
+  from data_prep import points as points_lib  # pylint: disable=import-outside-toplevel
   with open(os.path.join(psfhs_dir, f"{split}.csv"), newline="") as f:
     rows = list(csv.DictReader(f))
   masks = np.stack([cv2.imread(os.path.join(psfhs_dir, "masks", r["Filename"]),
                                cv2.IMREAD_GRAYSCALE) for r in rows])
-  points = np.array([[[float(v) for v in r[k].strip("()").split(",")] for k in ("PS1", "PS2", "FH1")]
-                     for r in rows], np.float32)
-  return rows, masks, points
+  points = np.array([[points_lib.parse_point(r[k]) for k in LANDMARK_NAMES] for r in rows],
+                    np.float32)
+  return masks, points
 
 
 def rule_sensitivity(masks, points, resolutions):
@@ -117,7 +117,7 @@ def rule_sensitivity(masks, points, resolutions):
     found = np.stack([masks_lib.landmarks_from_mask(m) for m in back])
     err = np.linalg.norm(found - points, axis=-1)
     aop = np.abs(geometry.aop_deg(tf.constant(found)).numpy() - aop_true)
-    out[str(cells)] = {"mre_px": {n: float(e) for n, e in zip(("PS1", "PS2", "FH1"), err.mean(0))},
+    out[str(cells)] = {"mre_px": {n: float(e) for n, e in zip(LANDMARK_NAMES, err.mean(0))},
                        "mre_px_mean": float(err.mean()), "aop_error_deg": float(np.nanmean(aop))}
   return out
 
@@ -132,12 +132,12 @@ def main(argv):
   with open(per_image, newline="") as f:
     rows = list(csv.DictReader(f))
   result = {"eval_dir": FLAGS.eval_dir, "predictions": prediction_geometry(rows)}
-  psfhs = FLAGS.psfhs_dir or os.environ.get(
-      "AOP_PSFHS_DIR", os.path.join(REPO_ROOT, "..", "shared", "data", "psfhs"))
+  from data_prep import build  # pylint: disable=import-outside-toplevel
+  psfhs = FLAGS.psfhs_dir or build.default_psfhs_dir()
   if os.path.isdir(os.path.join(psfhs, "masks")):
-    result["label_direction_vs_mask_axis"] = label_rule_spread(psfhs, FLAGS.split)
+    masks, points = _read_split(psfhs, FLAGS.split)
+    result["label_direction_vs_mask_axis"] = label_rule_spread(masks, points)
     if FLAGS.rule_resolutions:
-      _, masks, points = _read_split(psfhs, FLAGS.split)
       result["rule_on_true_masks_at_resolution"] = rule_sensitivity(
           masks, points, [int(r) for r in FLAGS.rule_resolutions])
   else:
