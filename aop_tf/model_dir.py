@@ -25,6 +25,8 @@ import zipfile
 
 import keras
 
+from aop_tf import model as model_lib
+
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 CHECKPOINTS = ("best_val_mre", "best_val_loss", "latest")
@@ -142,7 +144,8 @@ def load_model(model_dir, which=None, compile=False):
   Args:
     model_dir: a training directory.
     which: checkpoint name; None takes the first of `CHECKPOINTS` that exists.
-    compile: restore the optimizer too (for resuming training).
+    compile: restore the optimizer too (for resuming training); False also turns a model trained
+      with mixed precision into its float32 copy.
 
   Returns:
     (keras.Model, config dict).
@@ -152,5 +155,8 @@ def load_model(model_dir, which=None, compile=False):
   for name in names:
     path = checkpoint_path(model_dir, name)
     if os.path.exists(path):
-      return load_keras_file(path, compile=compile), config
+      model = load_keras_file(path, compile=compile)
+      if not compile:  # Inference and export compute in float32 (see model.float32_copy).
+        model = model_lib.float32_copy(model, config.get("model", {}))
+      return model, config
   raise FileNotFoundError(f"No checkpoint {names} in {model_dir}; has training finished an epoch?")

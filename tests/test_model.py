@@ -66,3 +66,39 @@ def test_save_and_safe_load_round_trip(tmp_path):
   loaded, _ = model_dir.load_model(str(tmp_path))
   x = np.random.default_rng(1).uniform(0, 255, (1, 64, 64, 1)).astype("float32")
   np.testing.assert_allclose(loaded(x)["heatmaps"], model(x)["heatmaps"], atol=1e-6)
+
+
+def test_mixed_precision_body_bfloat16_heads_float32_and_float32_copy(tmp_path):
+  kwargs = dict(input_size=64, input_channels=1, base_filters=4, depth=2, heatmap_size=32,
+                seg_classes=3, heatmap_activation="spatial_softmax", softmax_peak_scale=25.0,
+                mixed_precision=True)
+  model = model_lib.build_unet(**kwargs)
+  policies = {layer.name: layer.dtype_policy.name for layer in model.layers
+              if layer.name != "image"}
+  assert policies["enc1_conv1"] == policies["dec1_conv2"] == "mixed_bfloat16"
+  assert policies["heatmap_logits"] == policies["heatmap_softmax"] == "float32"
+  assert policies["segmentation"] == "float32"
+  x = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 1)).astype("float32")
+  out = model(x, training=False)
+  assert {k: v.dtype.name for k, v in out.items()} == {"heatmaps": "float32",
+                                                     "segmentation": "float32"}
+  # Saved and loaded for inference it computes in float32 with the same weights, so its outputs
+  # differ from the bfloat16 ones by rounding only (bfloat16 keeps ~3 significant digits).
+  model_dir.write_json(str(tmp_path / model_dir.CONFIG_FILE), {"model": kwargs})
+  model_dir.save_model(model, model_dir.checkpoint_path(str(tmp_path), "latest"))
+  loaded, _ = model_dir.load_model(str(tmp_path))
+  assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+  for a, b in zip(loaded.get_weights(), model.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  ref = model_lib.float32_copy(model, kwargs)(x, training=False)
+  for key in out:
+    np.testing.assert_allclose(loaded(x, training=False)[key], ref[key], atol=1e-6)
+    np.testing.assert_allclose(out[key], ref[key], atol=0.05)
+  # Resuming keeps the training dtype.
+  resumed, _ = model_dir.load_model(str(tmp_path), compile=True)
+  assert resumed.get_layer("enc1_conv1").dtype_policy.name == "mixed_bfloat16"
+
+
+def test_float32_copy_of_a_float32_model_is_the_model():
+  model = model_lib.build_unet(64, 1, 4, 2, 16)
+  assert model_lib.float32_copy(model, {"mixed_precision": False}) is model

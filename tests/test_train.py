@@ -409,3 +409,18 @@ def test_cli_sigterm_exits_cleanly(phantom_dir, tmp_path):
   model = keras.saving.load_model(model_dir_lib.checkpoint_path(str(model_dir), "latest"),
                                   compile=False)
   assert epoch >= 1 and model is not None
+
+
+def test_mixed_precision_trains_resumes_and_evaluates_in_float32(phantom_dir, tmp_path):
+  config = _config(phantom_dir, tmp_path / "bf16", mixed_precision=True, seg_classes=3,
+                   loss="softmax_ce", epochs=1, num_tb_images=1)
+  result = train.train(config)
+  assert all(math.isfinite(v) for v in result.history["loss"])
+  assert model_dir_lib.read_json(str(tmp_path / "bf16" / "config.json"))["model"][
+      "mixed_precision"] is True
+  again = train.train(dataclasses.replace(config, epochs=2))
+  assert again.epochs_done == 2
+  model, _ = model_dir_lib.load_model(str(tmp_path / "bf16"))
+  assert model.get_layer("enc1_conv1").dtype_policy.name == "float32"
+  with pytest.raises(train.ConfigError, match="--mixed_precision"):
+    train.train(dataclasses.replace(config, mixed_precision=False, epochs=3))
