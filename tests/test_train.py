@@ -66,7 +66,8 @@ def test_flagfiles_name_every_knob():
 
 def test_paper_flagfile_is_the_paper_recipe():
   config = _parse(f"--flagfile={os.path.join(CONFIGS, 'paper.cfg')}")
-  assert train.model_kwargs(config) == dict(model_lib.PAPER, norm="batch", seg_classes=0)
+  assert train.model_kwargs(config) == dict(model_lib.PAPER, norm="batch", seg_classes=0,
+                                           mixed_precision=False)
   assert (config.sigma_cells, config.loss, config.heatmap_scale) == (2.0, "mse", 1.0)
   assert (config.optimizer, config.learning_rate, config.weight_decay) == ("adam", 1e-4, 1e-4)
   assert (config.lr_schedule, config.lr_step_epochs, config.lr_step_factor) == ("step", 15, 0.5)
@@ -80,9 +81,10 @@ def test_cpu_flagfiles():
   paper = _parse(f"--flagfile={os.path.join(CONFIGS, 'paper.cfg')}")
   cpu_model = dict(input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
                    decode_to_full=False, norm="batch")
-  assert train.model_kwargs(base) == dict(cpu_model, seg_classes=0)
+  assert train.model_kwargs(base) == dict(cpu_model, seg_classes=0, mixed_precision=False)
   assert train.model_kwargs(cpu) == dict(
-      cpu_model, seg_classes=3, heatmap_activation="spatial_softmax",
+      cpu_model, seg_classes=3, mixed_precision=cpu.mixed_precision,
+      heatmap_activation="spatial_softmax",
       softmax_peak_scale=pytest.approx(2 * math.pi * cpu.sigma_cells ** 2))
   for config in (base, cpu):
     assert config.max_train_minutes == 60
