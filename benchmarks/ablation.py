@@ -34,10 +34,11 @@ flags.DEFINE_string("runs_dir", os.path.join("runs", "ablation"), "Where the row
 flags.DEFINE_string("cpu_flagfile", os.path.join(accuracy.CONFIGS, "cpu.cfg"),
                     "The recipe whose setting groups the rows add, one at a time.")
 flags.DEFINE_string("full_result", os.path.join(accuracy.REPO_ROOT, "benchmarks", "results",
-                                                "accuracy_cpu_next2.json"),
+                                                "accuracy_bf16_44.json"),
                     "benchmarks.accuracy JSON of --cpu_flagfile at the full budget, added as the "
-                    "last row where it exists (accuracy_cpu_next2.json: the current cpu.cfg, run as "
-                    "cpu_next.cfg; accuracy_cpu_next.json: the session-3 cpu.cfg).")
+                    "last row where it exists (accuracy_bf16_44.json: the current cpu.cfg; "
+                    "accuracy_cpu_next2.json: the session-4 cpu.cfg, run as cpu_next.cfg; "
+                    "accuracy_cpu_next.json: the session-3 cpu.cfg).")
 FLAGS = flags.FLAGS
 
 # (row name, what it adds, the cpu.cfg flags it takes over). "decode" rows need no training.
@@ -49,7 +50,10 @@ STEPS = (
      ("optimizer", "learning_rate", "weight_decay", "lr_schedule", "warmup_epochs",
       "batch_size")),
     ("augment", "+ landmark-aware augmentation", ("augment", "aug_")),
-    ("seg_head", "+ segmentation head (= cpu.cfg)", ("seg_classes", "seg_loss_weight")),
+    # bfloat16 changes speed, not accuracy (benchmarks/RESULTS.md, session 5); it rides along here
+    # so that the last row is cpu.cfg.
+    ("seg_head", "+ segmentation head (= cpu.cfg)", ("seg_classes", "seg_loss_weight",
+                                                     "mixed_precision")),
 )
 
 

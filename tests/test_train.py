@@ -94,7 +94,8 @@ def test_cpu_flagfiles():
   assert not base.augment and base.decode_method == "argmax"
   assert cpu.augment and cpu.decode_method == "dark"
   assert cpu.augment_config["scale_range"] == (0.75, 1.3)
-  assert cpu.weight_decay == 0.05 and cpu.epochs == 44
+  assert cpu.weight_decay == 0.05 and cpu.epochs == 44 and cpu.mixed_precision
+  assert not base.mixed_precision and not paper.mixed_precision
 
 
 def test_command_line_overrides_flagfile_wherever_it_stands():
@@ -228,7 +229,7 @@ def test_smoke_run_writes_the_training_directory(reference_run, phantom_dir):
   assert set(config) == {"model", "pipeline", "decode", "flags"}
   assert config["model"] == dict(input_size=64, input_channels=1, base_filters=4, depth=2,
                                  heatmap_size=16, decode_to_full=False, norm="batch",
-                                 seg_classes=0)
+                                 seg_classes=0, mixed_precision=False)
   assert config["pipeline"] == dict(input_size=64, input_channels=1, heatmap_size=16,
                                     sigma_cells=1.0)
   assert config["decode"] == {"method": "dark", "blur_sigma_cells": 1.0,
