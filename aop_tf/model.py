@@ -69,7 +69,7 @@ def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatm
     softmax_peak_scale: for "spatial_softmax": 2*pi*sigma**2 makes a target-shaped output peak at
       about 1, so confidences read like those of the linear head.
     mixed_precision: True computes the encoder and decoder in bfloat16 (variables stay float32;
-      about 2x faster training on CPUs with AVX512-BF16); the heads always compute in float32.
+      cpu.cfg epochs 1.34x faster on this AVX512-BF16 CPU); the heads always compute in float32.
       `float32_copy` turns such a model into a float32 one for evaluation and export.
     name: model name.
 
