@@ -255,8 +255,16 @@ def _flat(flag_dict):
 
 
 def _check_resumable(old, new, path):
-  """Raises ConfigError when `new` config.json differs from `old` in a flag that matters."""
-  old_flags, new_flags = _flat(old.get("flags", {})), _flat(new["flags"])
+  """Raises ConfigError when `new` config.json differs from `old` in a flag that matters.
+
+  A flag that `old` lacks (the run predates it) counts at its `TrainConfig` default, the behaviour
+  of the code before the flag existed: e.g. a float32 run from before `--mixed_precision` is not
+  resumed in bfloat16.
+  """
+  defaults = _flat({**dataclasses.asdict(TrainConfig()),
+                    "augment_config": augment_lib.AugmentConfig().to_dict()})
+  old_flags = {**defaults, **_flat(old.get("flags", {}))}
+  new_flags = _flat(new["flags"])
   changed = sorted(k for k in new_flags if k.split(".")[0] not in _RESUMABLE and k in old_flags
                    and old_flags[k] != new_flags[k])
   if changed:

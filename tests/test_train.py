@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import pytest
 
+from aop_tf import augment as augment_lib
 from aop_tf import callbacks as callbacks_lib
 from aop_tf import losses
 from aop_tf import model as model_lib
@@ -344,6 +345,21 @@ def test_resume_refuses_other_settings(reference_run, phantom_dir):
     train.train(_config(phantom_dir, reference_run.model_dir, resume=False))
   done = train.train(_config(phantom_dir, reference_run.model_dir))
   assert done.epochs_done == 3
+
+
+def test_flags_an_old_run_lacks_count_at_their_defaults(tmp_path):
+  """A config.json from before a flag existed compares as if it held the flag's default."""
+  def config_json(**changes):
+    aug = dict(augment_lib.AugmentConfig().to_dict(), **changes.pop("aug", {}))
+    return train.config_json(_config("data", tmp_path / "run", augment_config=aug, **changes))
+
+  old = config_json()
+  del old["flags"]["mixed_precision"], old["flags"]["augment_config"]["noise_std"]
+  train._check_resumable(old, config_json(), "run")  # the defaults: nothing changed
+  with pytest.raises(train.ConfigError, match="--mixed_precision: False -> True"):
+    train._check_resumable(old, config_json(mixed_precision=True), "run")
+  with pytest.raises(train.ConfigError, match="--aug_noise_std: 3.0 -> 5.0"):
+    train._check_resumable(old, config_json(aug={"noise_std": 5.0}), "run")
 
 
 def test_segmentation_head_and_other_losses(phantom_dir, tmp_path):
