@@ -1,4 +1,4 @@
-"""Landmark-aware data augmentation: a random affine warp and intensity changes.
+"""Landmark-aware data augmentation: a random affine warp, intensity changes, erased boxes.
 
 Everything works in the pixel space of the model input (`S x S` after `data.preprocess_image`),
 `(x, y)` = (column, row), pixel centres at integers (the convention of
@@ -18,7 +18,7 @@ import math
 import tensorflow as tf
 
 # Tags that keep the random streams of one example independent of each other.
-_AFFINE, _INTENSITY = 1, 2
+_AFFINE, _INTENSITY, _ERASE = 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,13 @@ class AugmentConfig:
     contrast: factor about the image mean, uniform in [1 - c, 1 + c].
     gamma_range: `(min, max)` gamma on [0, 1]-scaled intensities, log-uniform.
     noise_std: standard deviation of additive Gaussian noise, grey levels (0..255 scale).
-    fill_value: grey level outside the warped image (ultrasound background is black).
+    fill_value: grey level outside the warped image (ultrasound background is black), and of
+      erased boxes.
+    erase_prob: probability of blanking boxes of an example (random erasing, like an acoustic
+      shadow; 0 turns it off). Boxes may cover landmarks, which must then be placed from context.
+    erase_boxes: at most this many boxes per erased example (uniform in 1..erase_boxes).
+    erase_area_range: `(min, max)` area of one box as a fraction of the image, log-uniform.
+    erase_aspect_range: `(min, max)` width / height of a box, log-uniform.
   """
   affine_prob: float = 0.8
   rotation_deg: float = 10.0
@@ -52,20 +58,32 @@ class AugmentConfig:
   gamma_range: tuple = (0.8, 1.25)
   noise_std: float = 3.0
   fill_value: float = 0.0
+  erase_prob: float = 0.0
+  erase_boxes: int = 1
+  erase_area_range: tuple = (0.02, 0.1)
+  erase_aspect_range: tuple = (0.5, 2.0)
 
   def __post_init__(self):
     # Accept lists (from JSON) for the tuple fields.
     object.__setattr__(self, "scale_range", tuple(float(v) for v in self.scale_range))
     object.__setattr__(self, "gamma_range", tuple(float(v) for v in self.gamma_range))
-    for name in ("affine_prob", "intensity_prob"):
+    object.__setattr__(self, "erase_area_range", tuple(float(v) for v in self.erase_area_range))
+    object.__setattr__(self, "erase_aspect_range",
+                       tuple(float(v) for v in self.erase_aspect_range))
+    for name in ("affine_prob", "intensity_prob", "erase_prob"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"AugmentConfig.{name} = {getattr(self, name)} must be in [0, 1].")
-    for name in ("scale_range", "gamma_range"):
+    for name in ("scale_range", "gamma_range", "erase_area_range", "erase_aspect_range"):
       low, high = getattr(self, name)
       if not 0.0 < low <= high:
         raise ValueError(f"AugmentConfig.{name} = {(low, high)} needs 0 < min <= max.")
     if self.max_tries < 1:
       raise ValueError(f"AugmentConfig.max_tries = {self.max_tries} must be >= 1.")
+    if self.erase_boxes < 1:
+      raise ValueError(f"AugmentConfig.erase_boxes = {self.erase_boxes} must be >= 1.")
+    if self.erase_area_range[1] > 1.0:
+      raise ValueError(f"AugmentConfig.erase_area_range = {self.erase_area_range}: a box cannot "
+                       "cover more than the image (max <= 1).")
 
   def to_dict(self):
     return dataclasses.asdict(self)
@@ -218,6 +236,43 @@ def random_intensity(image, seed, config):
   return tf.where(u[3] < config.intensity_prob, out, image)
 
 
+def random_erase(image, seed, config):
+  """Blanks 1..`config.erase_boxes` random boxes of a float image [H, W, C] to `config.fill_value`.
+
+  Box centres are uniform over the image (boxes may be cut by its border), areas and aspect ratios
+  log-uniform in `erase_area_range` (fraction of H * W) and `erase_aspect_range` (width / height).
+  With probability `1 - config.erase_prob` the image is returned unchanged. Landmarks do not move.
+  """
+  image = tf.cast(image, tf.float32)
+  if config.erase_prob <= 0.0:
+    return image
+  height, width = int(image.shape[0]), int(image.shape[1])
+  n = int(config.erase_boxes)
+  s = _sub_seed(seed, _ERASE)
+  u = tf.random.stateless_uniform([n, 4], seed=s)
+  draw = tf.random.stateless_uniform([2], seed=tf.random.experimental.stateless_fold_in(s, 1))
+
+  def log_uniform(v, bounds):
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    return tf.exp(lo + v * (hi - lo))
+
+  area = log_uniform(u[:, 0], config.erase_area_range) * float(height * width)
+  aspect = log_uniform(u[:, 1], config.erase_aspect_range)
+  half_w, half_h = 0.5 * tf.sqrt(area * aspect), 0.5 * tf.sqrt(area / aspect)  # [n] pixels
+  cx = u[:, 2] * width - 0.5
+  cy = u[:, 3] * height - 0.5
+  count = 1 + tf.minimum(tf.cast(draw[0] * n, tf.int32), n - 1)
+  active = tf.range(n) < count
+  xs = tf.range(width, dtype=tf.float32)
+  ys = tf.range(height, dtype=tf.float32)
+  in_x = tf.abs(xs[None, :] - cx[:, None]) < half_w[:, None]  # [n, W]
+  in_y = tf.abs(ys[None, :] - cy[:, None]) < half_h[:, None]  # [n, H]
+  boxes = tf.logical_and(in_y[:, :, None], in_x[:, None, :])  # [n, H, W]
+  erased = tf.reduce_any(tf.logical_and(boxes, active[:, None, None]), axis=0)
+  erased = tf.logical_and(erased, draw[1] < config.erase_prob)
+  return tf.where(erased[:, :, None], tf.cast(config.fill_value, tf.float32), image)
+
+
 def augment(image, landmarks_px, seed, config):
   """Augments one example in model-input pixel space.
 
@@ -236,5 +291,5 @@ def augment(image, landmarks_px, seed, config):
   forward = random_affine(seed, config, (width, height), landmarks_px)
   image = warp(tf.cast(image, tf.float32), tf.linalg.inv(forward), (width, height), "bilinear",
                config.fill_value)
-  image = random_intensity(image, seed, config)
+  image = random_intensity(random_erase(image, seed, config), seed, config)
   return image, transform_points(landmarks_px, forward), forward

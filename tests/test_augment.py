@@ -199,6 +199,53 @@ def test_intensity():
   assert out.min() >= 0.0 and out.max() <= 255.0 and not np.allclose(out, image)
 
 
+def test_random_erase_blanks_boxes_of_the_drawn_size_and_nothing_else():
+  image = np.random.default_rng(2).uniform(1, 255, (64, 48, 1)).astype(np.float32)
+  off = augment.AugmentConfig(erase_prob=0.0)
+  np.testing.assert_array_equal(augment.random_erase(image, tf.constant([1, 2], tf.int64), off),
+                                image)
+  cfg = augment.AugmentConfig(erase_prob=1.0, erase_boxes=1, erase_area_range=(0.05, 0.05),
+                              erase_aspect_range=(1.0, 1.0), fill_value=0.0)
+  side = np.sqrt(0.05 * 64 * 48)  # 12.4 px
+  for i in range(20):
+    out = augment.random_erase(image, augment.example_seed(0, 0, i), cfg).numpy()
+    blank = out[..., 0] == 0.0
+    np.testing.assert_array_equal(out[~blank], image[~blank])  # the rest is untouched
+    rows, cols = np.nonzero(blank)
+    assert blank.any()
+    # One square box, possibly cut by the border: never wider or taller than its side, and the
+    # full side (12 or 13 pixels) wherever the border does not cut it.
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert height <= np.ceil(side) and width <= np.ceil(side)
+    assert blank.sum() == height * width  # a rectangle
+    if 0 < rows.min() and rows.max() < 63:
+      assert height >= np.floor(side)
+  many = augment.AugmentConfig(erase_prob=1.0, erase_boxes=3, erase_area_range=(0.01, 0.02))
+  counts = set()
+  for i in range(30):
+    out = augment.random_erase(image, augment.example_seed(0, 1, i), many).numpy()
+    counts.add(int((out == 0.0).sum() > 0.021 * 64 * 48))  # more than one box's largest area
+    assert (out == 0.0).mean() <= 3 * 0.02 + 1e-6
+  assert counts == {0, 1}  # sometimes one box, sometimes more
+  half = augment.AugmentConfig(erase_prob=0.5)
+  erased = [not np.array_equal(augment.random_erase(image, augment.example_seed(1, 0, i), half),
+                               image) for i in range(60)]
+  assert 15 < sum(erased) < 45
+
+
+def test_erasing_leaves_the_warp_and_landmarks_alone():
+  image = np.random.default_rng(3).uniform(0, 255, (32, 32, 1)).astype(np.float32)
+  points = np.array([[10.0, 12.0], [20.0, 8.0], [16.0, 25.0]], np.float32)
+  base = augment.AugmentConfig(affine_prob=1.0, intensity_prob=0.0)
+  seed = augment.example_seed(5, 0, 2)
+  plain = augment.augment(image, points, seed, base)
+  erased = augment.augment(image, points, seed, dataclasses.replace(base, erase_prob=1.0))
+  np.testing.assert_array_equal(plain[1], erased[1])
+  np.testing.assert_array_equal(plain[2], erased[2])
+  changed = erased[0].numpy() != plain[0].numpy()
+  assert changed.any() and np.all(erased[0].numpy()[changed] == base.fill_value)
+
+
 def test_config_validation_and_round_trip():
   cfg = augment.AugmentConfig(scale_range=[0.9, 1.2])
   assert cfg.scale_range == (0.9, 1.2)
@@ -207,6 +254,13 @@ def test_config_validation_and_round_trip():
     augment.AugmentConfig(affine_prob=1.5)
   with pytest.raises(ValueError, match="gamma_range"):
     augment.AugmentConfig(gamma_range=(1.2, 0.8))
+  with pytest.raises(ValueError, match="erase_prob"):
+    augment.AugmentConfig(erase_prob=-0.1)
+  with pytest.raises(ValueError, match="erase_boxes"):
+    augment.AugmentConfig(erase_boxes=0)
+  with pytest.raises(ValueError, match="erase_area_range"):
+    augment.AugmentConfig(erase_area_range=(0.1, 1.5))
+  assert augment.AugmentConfig(erase_aspect_range=[0.5, 2]).erase_aspect_range == (0.5, 2.0)
   with pytest.raises(ValueError, match="Unknown AugmentConfig keys"):
     augment.AugmentConfig.from_dict({"rotation": 3})
   assert dataclasses.replace(cfg, rotation_deg=1.0).rotation_deg == 1.0
