@@ -96,7 +96,8 @@ def _draw_landmarks(canvas, points, aop, color, scale, label_offset, arc_gain):
           0.4 * scale)
 
 
-def overlay(image, pred=None, gt=None, aop_pred=None, aop_gt=None, title=None, min_size=512):
+def overlay(image, pred=None, gt=None, aop_pred=None, aop_gt=None, title=None, min_size=512,
+            names=("GT", "pred")):
   """Draws ground-truth and predicted landmarks, the AoP rays, arc and angle on the image.
 
   Args:
@@ -107,6 +108,7 @@ def overlay(image, pred=None, gt=None, aop_pred=None, aop_gt=None, title=None, m
       when None (pass the AoP of the original frame if `image` was resized non-uniformly).
     title: optional text written at the top left.
     min_size: the picture is upscaled by an integer factor until its shorter side is >= this.
+    names: how the legend calls `gt` and `pred` (e.g. two annotations of one image).
 
   Returns:
     uint8 RGB [H*f, W*f, 3] with f the upscale factor.
@@ -119,7 +121,8 @@ def overlay(image, pred=None, gt=None, aop_pred=None, aop_gt=None, title=None, m
   scale = max(1.0, min(scale, 3.0))
   lines = [] if title is None else [(title, TEXT_COLOR)]
   for name, points, aop, color, label_offset, arc_gain in (
-      ("GT", gt, aop_gt, GT_COLOR, -4.0, 1.0), ("pred", pred, aop_pred, PRED_COLOR, 12.0, 0.6)):
+      (names[0], gt, aop_gt, GT_COLOR, -4.0, 1.0),
+      (names[1], pred, aop_pred, PRED_COLOR, 12.0, 0.6)):
     if points is None:
       continue
     points = np.asarray(points, np.float32).reshape(3, 2)
