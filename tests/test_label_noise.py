@@ -41,6 +41,7 @@ def test_gaussian_label_noise_gives_the_stated_floor():
   change = rng.normal(0, s, 20000) - rng.normal(0, s, 20000)
   group, = label_noise.pair_statistics(np.zeros(20000), np.ones((20000, 3)), change)
   assert group["implied_floor_aop_error_deg"] == pytest.approx(s * np.sqrt(2 / np.pi), rel=0.02)
+  assert group["implied_floor_from_median_deg"] == pytest.approx(s * np.sqrt(2 / np.pi), rel=0.03)
 
 
 def test_measure_split_finds_identical_images_and_draws_them(tmp_path):
