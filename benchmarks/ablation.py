@@ -34,9 +34,9 @@ flags.DEFINE_string("runs_dir", os.path.join("runs", "ablation"), "Where the row
 flags.DEFINE_string("cpu_flagfile", os.path.join(accuracy.CONFIGS, "cpu.cfg"),
                     "The recipe whose setting groups the rows add, one at a time.")
 flags.DEFINE_string("full_result", os.path.join(accuracy.REPO_ROOT, "benchmarks", "results",
-                                                "accuracy_bf16_44.json"),
+                                                "accuracy_bf16_44_erase.json"),
                     "benchmarks.accuracy JSON of --cpu_flagfile at the full budget, added as the "
-                    "last row where it exists (accuracy_bf16_44.json: the current cpu.cfg; "
+                    "last row where it exists (accuracy_bf16_44_erase.json: the current cpu.cfg; "
                     "accuracy_cpu_next2.json: the session-4 cpu.cfg, run as cpu_next.cfg; "
                     "accuracy_cpu_next.json: the session-3 cpu.cfg).")
 FLAGS = flags.FLAGS
