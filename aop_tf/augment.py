@@ -109,6 +109,12 @@ def _sub_seed(seed, tag):
   return tf.random.experimental.stateless_fold_in(seed, tf.constant(tag, tf.int64))
 
 
+def _log_uniform(u, bounds):
+  """Maps uniform draws `u` in [0, 1) to log-uniform values in `bounds` = `(min, max)`, min > 0."""
+  lo, hi = math.log(bounds[0]), math.log(bounds[1])
+  return tf.exp(lo + u * (hi - lo))
+
+
 def affine_matrix(rotation_deg, scale, translate_px, center_px):
   """Forward matrix [3, 3]: `q = scale * R(rotation) (p - center) + center + translate`.
 
@@ -187,13 +193,12 @@ def random_affine(seed, config, size_px, landmarks_px=None):
   """
   width, height = float(size_px[0]), float(size_px[1])
   center = tf.constant([(width - 1.0) / 2.0, (height - 1.0) / 2.0])
-  log_lo, log_hi = math.log(config.scale_range[0]), math.log(config.scale_range[1])
   candidates, valid = [], []
   for attempt in range(config.max_tries):
     s = tf.random.experimental.stateless_fold_in(_sub_seed(seed, _AFFINE), attempt)
     u = tf.random.stateless_uniform([5], seed=s)
     rotation = (2.0 * u[0] - 1.0) * config.rotation_deg
-    scale = tf.exp(log_lo + u[1] * (log_hi - log_lo))
+    scale = _log_uniform(u[1], config.scale_range)
     shift = (2.0 * u[2:4] - 1.0) * config.translate_frac * tf.constant([width, height])
     m = affine_matrix(rotation, scale, shift, center)
     apply = u[4] < config.affine_prob
@@ -221,8 +226,7 @@ def random_intensity(image, seed, config):
   image = tf.cast(image, tf.float32)
   s = _sub_seed(seed, _INTENSITY)
   u = tf.random.stateless_uniform([4], seed=s)
-  g_lo, g_hi = math.log(config.gamma_range[0]), math.log(config.gamma_range[1])
-  gamma = tf.exp(g_lo + u[0] * (g_hi - g_lo))
+  gamma = _log_uniform(u[0], config.gamma_range)
   contrast = 1.0 + (2.0 * u[1] - 1.0) * config.contrast
   brightness = (2.0 * u[2] - 1.0) * config.brightness * 255.0
   out = 255.0 * tf.pow(tf.clip_by_value(image / 255.0, 0.0, 1.0), gamma)
@@ -251,13 +255,8 @@ def random_erase(image, seed, config):
   s = _sub_seed(seed, _ERASE)
   u = tf.random.stateless_uniform([n, 4], seed=s)
   draw = tf.random.stateless_uniform([2], seed=tf.random.experimental.stateless_fold_in(s, 1))
-
-  def log_uniform(v, bounds):
-    lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    return tf.exp(lo + v * (hi - lo))
-
-  area = log_uniform(u[:, 0], config.erase_area_range) * float(height * width)
-  aspect = log_uniform(u[:, 1], config.erase_aspect_range)
+  area = _log_uniform(u[:, 0], config.erase_area_range) * float(height * width)
+  aspect = _log_uniform(u[:, 1], config.erase_aspect_range)
   half_w, half_h = 0.5 * tf.sqrt(area * aspect), 0.5 * tf.sqrt(area / aspect)  # [n] pixels
   cx = u[:, 2] * width - 0.5
   cy = u[:, 3] * height - 0.5
