@@ -4,98 +4,20 @@ Everything works in the pixel space of the model input (`S x S` after `data.prep
 `(x, y)` = (column, row), pixel centres at integers (the convention of
 `tf.raw_ops.ImageProjectiveTransformV3`, checked in tests/test_augment.py). The landmarks move with
 the exact matrix that warps the image. All randomness is stateless and comes from an explicit seed
-(`example_seed(seed, epoch, index)`), so a pipeline is a pure function of its seed. Augmentation is
-off in the paper configuration (`PipelineConfig.augment=None`).
+(`example_seed(seed, epoch, index)`), so a pipeline is a pure function of its seed. The knobs are
+`config.AugmentSpec` (flags `--aug_*`); augmentation is off in the paper configuration.
 
 Matrices are float32 [3, 3] homogeneous maps of `(x, y, 1)` column vectors. A *forward* matrix takes
 input-image points to output-image points (that is how landmarks move); `warp` takes the inverse,
 output -> input, which is what the sampling op needs.
 """
 
-import dataclasses
 import math
 
 import tensorflow as tf
 
 # Tags that keep the random streams of one example independent of each other.
 _AFFINE, _INTENSITY, _ERASE = 1, 2, 3
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-  """Augmentation knobs; the defaults are mild and anatomy-preserving (no flips: PS1/PS2 are ordered).
-
-  Args:
-    affine_prob: probability of warping an example (else the identity is used).
-    rotation_deg: rotation about the image centre, uniform in [-rotation_deg, rotation_deg].
-    scale_range: `(min, max)` isotropic zoom, log-uniform (> 1 enlarges the anatomy).
-    translate_frac: shift per axis, uniform in [-t, t] times the image side.
-    keep_landmarks_inside: redraw (up to `max_tries` times, then use the identity) when a landmark
-      would leave the image.
-    max_tries: candidate warps drawn per example when `keep_landmarks_inside`.
-    intensity_prob: probability of the intensity changes below (drawn once per example).
-    brightness: additive shift, uniform in [-b, b] times 255.
-    contrast: factor about the image mean, uniform in [1 - c, 1 + c].
-    gamma_range: `(min, max)` gamma on [0, 1]-scaled intensities, log-uniform.
-    noise_std: standard deviation of additive Gaussian noise, grey levels (0..255 scale).
-    fill_value: grey level outside the warped image (ultrasound background is black), and of
-      erased boxes.
-    erase_prob: probability of blanking boxes of an example (random erasing, like an acoustic
-      shadow; 0 turns it off). Boxes may cover landmarks, which must then be placed from context.
-    erase_boxes: at most this many boxes per erased example (uniform in 1..erase_boxes).
-    erase_area_range: `(min, max)` area of one box as a fraction of the image, log-uniform.
-    erase_aspect_range: `(min, max)` width / height of a box, log-uniform.
-  """
-  affine_prob: float = 0.8
-  rotation_deg: float = 10.0
-  scale_range: tuple = (0.9, 1.1)
-  translate_frac: float = 0.05
-  keep_landmarks_inside: bool = True
-  max_tries: int = 4
-  intensity_prob: float = 0.8
-  brightness: float = 0.1
-  contrast: float = 0.2
-  gamma_range: tuple = (0.8, 1.25)
-  noise_std: float = 3.0
-  fill_value: float = 0.0
-  erase_prob: float = 0.0
-  erase_boxes: int = 1
-  erase_area_range: tuple = (0.02, 0.1)
-  erase_aspect_range: tuple = (0.5, 2.0)
-
-  def __post_init__(self):
-    # Accept lists (from JSON) for the tuple fields.
-    object.__setattr__(self, "scale_range", tuple(float(v) for v in self.scale_range))
-    object.__setattr__(self, "gamma_range", tuple(float(v) for v in self.gamma_range))
-    object.__setattr__(self, "erase_area_range", tuple(float(v) for v in self.erase_area_range))
-    object.__setattr__(self, "erase_aspect_range",
-                       tuple(float(v) for v in self.erase_aspect_range))
-    for name in ("affine_prob", "intensity_prob", "erase_prob"):
-      if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f"AugmentConfig.{name} = {getattr(self, name)} must be in [0, 1].")
-    for name in ("scale_range", "gamma_range", "erase_area_range", "erase_aspect_range"):
-      low, high = getattr(self, name)
-      if not 0.0 < low <= high:
-        raise ValueError(f"AugmentConfig.{name} = {(low, high)} needs 0 < min <= max.")
-    if self.max_tries < 1:
-      raise ValueError(f"AugmentConfig.max_tries = {self.max_tries} must be >= 1.")
-    if self.erase_boxes < 1:
-      raise ValueError(f"AugmentConfig.erase_boxes = {self.erase_boxes} must be >= 1.")
-    if self.erase_area_range[1] > 1.0:
-      raise ValueError(f"AugmentConfig.erase_area_range = {self.erase_area_range}: a box cannot "
-                       "cover more than the image (max <= 1).")
-
-  def to_dict(self):
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d):
-    """Inverse of `to_dict`; unknown keys are an error (they would be silently ignored otherwise)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"Unknown AugmentConfig keys {unknown}; expected some of {sorted(known)}.")
-    return cls(**d)
 
 
 def example_seed(seed, epoch, index):
@@ -185,30 +107,30 @@ def _inside(points, size_px):
   return tf.reduce_all(tf.logical_and(points >= 0.0, points <= size - 1.0))
 
 
-def random_affine(seed, config, size_px, landmarks_px=None):
+def random_affine(seed, spec, size_px, landmarks_px=None):
   """Draws a forward matrix [3, 3] for an image of `size_px` `(width, height)` python ints.
 
-  With `config.keep_landmarks_inside` and `landmarks_px` [K, 2], the first of `config.max_tries`
+  With `spec.keep_landmarks_inside` and `landmarks_px` [K, 2], the first of `spec.max_tries`
   draws that keeps every landmark inside the image is used, the identity if none does.
   """
   width, height = float(size_px[0]), float(size_px[1])
   center = tf.constant([(width - 1.0) / 2.0, (height - 1.0) / 2.0])
   candidates, valid = [], []
-  for attempt in range(config.max_tries):
+  for attempt in range(spec.max_tries):
     s = tf.random.experimental.stateless_fold_in(_sub_seed(seed, _AFFINE), attempt)
     u = tf.random.stateless_uniform([5], seed=s)
-    rotation = (2.0 * u[0] - 1.0) * config.rotation_deg
-    scale = _log_uniform(u[1], config.scale_range)
-    shift = (2.0 * u[2:4] - 1.0) * config.translate_frac * tf.constant([width, height])
+    rotation = (2.0 * u[0] - 1.0) * spec.rotation_deg
+    scale = _log_uniform(u[1], spec.scale_range)
+    shift = (2.0 * u[2:4] - 1.0) * spec.translate_frac * tf.constant([width, height])
     m = affine_matrix(rotation, scale, shift, center)
-    apply = u[4] < config.affine_prob
+    apply = u[4] < spec.affine_prob
     m = tf.where(apply, m, tf.eye(3))
     candidates.append(m)
-    if config.keep_landmarks_inside and landmarks_px is not None:
+    if spec.keep_landmarks_inside and landmarks_px is not None:
       valid.append(_inside(transform_points(landmarks_px, m), (width, height)))
     else:
       valid.append(tf.constant(True))
-    if not config.keep_landmarks_inside or landmarks_px is None:
+    if not spec.keep_landmarks_inside or landmarks_px is None:
       break
   valid = tf.stack(valid)
   # First valid candidate, else the identity (appended last, always valid).
@@ -217,46 +139,48 @@ def random_affine(seed, config, size_px, landmarks_px=None):
   return candidates[choice]
 
 
-def random_intensity(image, seed, config):
+def random_intensity(image, seed, spec):
   """Gamma, contrast, brightness and Gaussian noise on a float image [H, W, C] in 0..255.
 
-  Returns float32 [H, W, C] clipped to 0..255. With probability `1 - config.intensity_prob` the
+  Returns float32 [H, W, C] clipped to 0..255. With probability `1 - spec.intensity_prob` the
   image is returned unchanged.
   """
   image = tf.cast(image, tf.float32)
   s = _sub_seed(seed, _INTENSITY)
   u = tf.random.stateless_uniform([4], seed=s)
-  gamma = _log_uniform(u[0], config.gamma_range)
-  contrast = 1.0 + (2.0 * u[1] - 1.0) * config.contrast
-  brightness = (2.0 * u[2] - 1.0) * config.brightness * 255.0
+  gamma = _log_uniform(u[0], spec.gamma_range)
+  contrast = 1.0 + (2.0 * u[1] - 1.0) * spec.contrast
+  brightness = (2.0 * u[2] - 1.0) * spec.brightness * 255.0
   out = 255.0 * tf.pow(tf.clip_by_value(image / 255.0, 0.0, 1.0), gamma)
   mean = tf.reduce_mean(out)
   out = (out - mean) * contrast + mean + brightness
-  if config.noise_std > 0:
+  if spec.noise_std > 0:
     noise = tf.random.stateless_normal(tf.shape(out), seed=tf.random.experimental.stateless_fold_in(
         s, 1))
-    out = out + config.noise_std * noise
+    out = out + spec.noise_std * noise
   out = tf.clip_by_value(out, 0.0, 255.0)
-  return tf.where(u[3] < config.intensity_prob, out, image)
+  return tf.where(u[3] < spec.intensity_prob, out, image)
 
 
-def random_erase(image, seed, config):
-  """Blanks 1..`config.erase_boxes` random boxes of a float image [H, W, C] to `config.fill_value`.
+def random_erase(image, seed, spec):
+  """Blanks 1..`spec.erase_boxes` random boxes of a float image [H, W, C] to `spec.fill_value`.
 
   Box centres are uniform over the image (boxes may be cut by its border), areas and aspect ratios
   log-uniform in `erase_area_range` (fraction of H * W) and `erase_aspect_range` (width / height).
-  With probability `1 - config.erase_prob` the image is returned unchanged. Landmarks do not move.
+  With probability `1 - spec.erase_prob` the image is returned unchanged. Landmarks do not move.
+  `augment` erases before the intensity changes, so boxes end up near, not at, `fill_value`: a box
+  stands for an acoustic shadow inside the scan, where gain, contrast and speckle act as elsewhere.
   """
   image = tf.cast(image, tf.float32)
-  if config.erase_prob <= 0.0:
+  if spec.erase_prob <= 0.0:
     return image
   height, width = int(image.shape[0]), int(image.shape[1])
-  n = int(config.erase_boxes)
+  n = int(spec.erase_boxes)
   s = _sub_seed(seed, _ERASE)
   u = tf.random.stateless_uniform([n, 4], seed=s)
   draw = tf.random.stateless_uniform([2], seed=tf.random.experimental.stateless_fold_in(s, 1))
-  area = _log_uniform(u[:, 0], config.erase_area_range) * float(height * width)
-  aspect = _log_uniform(u[:, 1], config.erase_aspect_range)
+  area = _log_uniform(u[:, 0], spec.erase_area_range) * float(height * width)
+  aspect = _log_uniform(u[:, 1], spec.erase_aspect_range)
   half_w, half_h = 0.5 * tf.sqrt(area * aspect), 0.5 * tf.sqrt(area / aspect)  # [n] pixels
   cx = u[:, 2] * width - 0.5
   cy = u[:, 3] * height - 0.5
@@ -268,18 +192,18 @@ def random_erase(image, seed, config):
   in_y = tf.abs(ys[None, :] - cy[:, None]) < half_h[:, None]  # [n, H]
   boxes = tf.logical_and(in_y[:, :, None], in_x[:, None, :])  # [n, H, W]
   erased = tf.reduce_any(tf.logical_and(boxes, active[:, None, None]), axis=0)
-  erased = tf.logical_and(erased, draw[1] < config.erase_prob)
-  return tf.where(erased[:, :, None], tf.cast(config.fill_value, tf.float32), image)
+  erased = tf.logical_and(erased, draw[1] < spec.erase_prob)
+  return tf.where(erased[:, :, None], tf.cast(spec.fill_value, tf.float32), image)
 
 
-def augment(image, landmarks_px, seed, config):
+def augment(image, landmarks_px, seed, spec):
   """Augments one example in model-input pixel space.
 
   Args:
     image: float32 [S, S, C] (any H, W) in 0..255, e.g. from `data.preprocess_image`.
     landmarks_px: [K, 2] `(x, y)` in the pixels of `image`.
     seed: [2] stateless seed, e.g. `example_seed(seed, epoch, index)`.
-    config: `AugmentConfig`.
+    spec: `config.AugmentSpec`.
 
   Returns:
     image: float32 [S, S, C] in 0..255.
@@ -287,8 +211,9 @@ def augment(image, landmarks_px, seed, config):
     forward: float32 [3, 3] input -> output matrix (to warp masks the same way).
   """
   height, width = int(image.shape[0]), int(image.shape[1])
-  forward = random_affine(seed, config, (width, height), landmarks_px)
+  forward = random_affine(seed, spec, (width, height), landmarks_px)
   image = warp(tf.cast(image, tf.float32), tf.linalg.inv(forward), (width, height), "bilinear",
-               config.fill_value)
-  image = random_intensity(random_erase(image, seed, config), seed, config)
+               spec.fill_value)
+  # Erase before the intensity changes (see `random_erase`).
+  image = random_intensity(random_erase(image, seed, spec), seed, spec)
   return image, transform_points(landmarks_px, forward), forward

@@ -1,10 +1,12 @@
 """Keras callbacks of training: LR schedule, stop requests, validation, TensorBoard, checkpoints.
 
-Order matters and `train.py` keeps it: `LearningRateUpdater`, `StopGuard` (signals, NaN loss),
-then per epoch `Validation` (adds `val_*` to the epoch logs), `TensorBoardLogger`, and
-`Checkpointer` last (saves, and stops on the time budget). They share one `RunStatus`. An epoch cut
-short by a signal or a NaN loss is not "complete": nothing is validated or saved for it, so
-`latest.keras` always holds the end of a complete epoch and resuming from it is exact.
+They must run in the order of `ORDER`, which `check_order` enforces (`train.py` calls it):
+`LearningRateUpdater`, `StopGuard` (signals, NaN loss; merges the logs of a resumed partial
+epoch), then per epoch `Validation` (adds `val_*` to the epoch logs), `TensorBoardLogger` (writes
+them) and `Checkpointer` last (saves the best checkpoints by those `val_*` values, and stops on the
+time budget). They share one `RunStatus`. An epoch cut short by a signal or a NaN loss is not
+"complete": nothing is validated or saved for it, so `latest.keras` always holds the end of a
+complete epoch and resuming from it is exact.
 
 Epochs are 0-based inside Keras callbacks and 1-based everywhere a person reads them (file names,
 `state.json`, TensorBoard steps, messages).
@@ -22,48 +24,12 @@ import numpy as np
 import tensorflow as tf
 
 from aop_tf import LANDMARK_NAMES
-from aop_tf import decode as decode_lib
 from aop_tf import geometry
-from aop_tf import heatmap
 from aop_tf import metrics
 from aop_tf import model_dir as model_dir_lib
+from aop_tf import optim
+from aop_tf import predictor as predictor_lib
 from aop_tf import visualize
-
-LR_SCHEDULES = ("step", "cosine", "constant")
-
-
-def learning_rate_at(step, steps_per_epoch, base_lr, schedule="step", epochs=150,
-                     step_epochs=15, step_factor=0.5, warmup_epochs=0.0):
-  """Learning rate for optimizer step `step` (0-based).
-
-  `step`: `base_lr * step_factor ** floor(epoch / step_epochs)`, the epoch-wise StepLR of the paper.
-  `cosine`: from `base_lr` to 0 over the epochs after warm-up, per step. `constant`: `base_lr`.
-  A linear warm-up over the first `warmup_epochs` (fractions allowed) multiplies any of them.
-
-  Args:
-    step: global optimizer step (iterations so far).
-    steps_per_epoch: optimizer steps in one epoch.
-    base_lr: peak learning rate.
-    schedule: one of `LR_SCHEDULES`.
-    epochs: total epochs (for cosine).
-    step_epochs, step_factor: the step schedule.
-    warmup_epochs: linear warm-up length, epochs.
-  """
-  if schedule not in LR_SCHEDULES:
-    raise ValueError(f"Unknown lr schedule {schedule!r}; expected one of {LR_SCHEDULES}.")
-  epoch = step // steps_per_epoch
-  warmup_steps = warmup_epochs * steps_per_epoch
-  if schedule == "step":
-    lr = base_lr * step_factor ** (epoch // max(1, step_epochs))
-  elif schedule == "cosine":
-    total = max(1.0, epochs * steps_per_epoch - warmup_steps)
-    progress = min(1.0, max(0.0, (step - warmup_steps) / total))
-    lr = 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
-  else:
-    lr = base_lr
-  if warmup_steps > 0 and step < warmup_steps:
-    lr *= (step + 1) / warmup_steps
-  return float(lr)
 
 
 def _none_to_nan(value):
@@ -115,7 +81,7 @@ class RunStatus:
 
 
 class LearningRateUpdater(keras.callbacks.Callback):
-  """Sets the optimizer's learning rate before every step from `learning_rate_at`.
+  """Sets the optimizer's learning rate before every step from `optim.learning_rate_at`.
 
   Computed from the optimizer's iteration counter, so a resumed run continues the schedule. The
   rate lives in the optimizer as a plain variable: checkpoints need no custom schedule class.
@@ -126,14 +92,14 @@ class LearningRateUpdater(keras.callbacks.Callback):
     self.steps_per_epoch = steps_per_epoch
     self.schedule = schedule
     self._step = 0
-    learning_rate_at(0, steps_per_epoch, **schedule)  # Fail early on a bad schedule.
+    optim.learning_rate_at(0, steps_per_epoch, **schedule)  # Fail early on a bad schedule.
 
   def on_train_begin(self, logs=None):
     self._step = int(self.model.optimizer.iterations.numpy())
 
   def on_train_batch_begin(self, batch, logs=None):
-    self.model.optimizer.learning_rate = learning_rate_at(self._step, self.steps_per_epoch,
-                                                          **self.schedule)
+    self.model.optimizer.learning_rate = optim.learning_rate_at(
+        self._step, self.steps_per_epoch, **self.schedule)
     self._step += 1
 
   def on_epoch_end(self, epoch, logs=None):
@@ -209,24 +175,24 @@ class StopGuard(keras.callbacks.Callback):
 
 
 class Validation(keras.callbacks.Callback):
-  """Validation loss (`model.evaluate`) and landmark metrics (`metrics.predict_on_dataset`).
+  """Validation loss (`model.evaluate`) and landmark metrics (the model as a `KerasPredictor`).
 
   `dataset`: batches of `data.make_dataset(..., training=False)`; `keras_dataset`: the same as
   `(x, y)` pairs. Runs every `val_every` epochs, at the last epoch and when the time budget runs
   out (not after a stop signal); adds to the epoch logs `val_loss` (and per-output losses),
   `val_mre_px`, `val_mre_512`, `val_aop_error_deg` (means over images), and keeps the full
-  `metrics.report` in `status.val["report"]`. `decode`: config.json's `decode` dict (`method`,
-  `blur_sigma_cells`, `fh1_method`).
+  `metrics.report` in `status.val["report"]`. `codec`: the run's `codec.HeatmapCodec`.
   """
 
-  def __init__(self, status, dataset, keras_dataset, decode, val_every, epochs):
+  def __init__(self, status, dataset, keras_dataset, codec, val_every, epochs):
     super().__init__()
     self.status = status
     self.dataset = dataset
     self.keras_dataset = keras_dataset
-    self.decode = dict(decode)
+    self.codec = codec
     self.val_every = max(1, int(val_every))
     self.epochs = epochs
+    self._predictor = None
 
   def due(self, epoch):
     # Not after a stop request: the checkpoint should be written without delay.
@@ -240,11 +206,15 @@ class Validation(keras.callbacks.Callback):
     if self.dataset is None or not self.status.epoch_complete() or not self.due(epoch):
       return
     losses = self.model.evaluate(self.keras_dataset, verbose=0, return_dict=True)
-    preds = metrics.predict_on_dataset(self.model, self.dataset, self.decode["method"],
-                                       self.decode["blur_sigma_cells"],
-                                       fh1_method=self.decode["fh1_method"])
-    report = metrics.report(metrics.per_image_errors(preds["pred_px"], preds["gt_px"],
-                                                     preds["size_px"]))
+    if self._predictor is None:  # traced once, reused every epoch
+      self._predictor = predictor_lib.KerasPredictor(self.model, self.codec)
+    pred, gt, size = [], [], []
+    for batch in self.dataset:
+      pred.append(self._predictor.predict_prepared(batch["image"], batch["size_px"])["landmarks"])
+      gt.append(batch["landmarks"].numpy())
+      size.append(batch["size_px"].numpy())
+    report = metrics.report(metrics.per_image_errors(np.concatenate(pred), np.concatenate(gt),
+                                                     np.concatenate(size)))
     values = {f"val_{name}": float(value) for name, value in losses.items()}
     values.update(val_mre_px=_none_to_nan(report["mre_px"]["mean"]),
                   val_mre_512=_none_to_nan(report["mre_512"]["mean"]),
@@ -269,18 +239,17 @@ class TensorBoardLogger(keras.callbacks.Callback):
     log_dir: event-file folder.
     tb_batch: None, or a dict of numpy arrays of the fixed images: `image` [N,S,S,C] 0..255,
       `landmarks` [N,3,2] original pixels, `size_px` [N,2].
-    decode: config.json's `decode` dict, as for validation.
-    heatmap_scale: target amplitude; heatmaps are divided by it for display on a 0..1 scale.
+    codec: the run's `codec.HeatmapCodec` (decoding; heatmaps are shown divided by its
+      `heatmap_scale`, on a 0..1 scale).
     images_per_epoch: training images per epoch (for throughput).
   """
 
-  def __init__(self, status, log_dir, tb_batch, decode, heatmap_scale, images_per_epoch):
+  def __init__(self, status, log_dir, tb_batch, codec, images_per_epoch):
     super().__init__()
     self.status = status
     self.log_dir = log_dir
     self.tb_batch = tb_batch
-    self.decode = dict(decode)
-    self.heatmap_scale = heatmap_scale
+    self.codec = codec
     self.images_per_epoch = images_per_epoch
     self.writer = None
     self._epoch_start = self._last_step_end = 0.0
@@ -331,23 +300,20 @@ class TensorBoardLogger(keras.callbacks.Callback):
   def pictures(self):
     """Overlays and heatmap panels of the fixed images: two uint8 arrays [N,H,W,3]."""
     batch = self.tb_batch
-    outputs = self.model(batch["image"], training=False)
-    maps = outputs["heatmaps"]
-    pred_px, aop_pred, _ = decode_lib.decode_outputs(
-        outputs, batch["size_px"], self.decode["method"], self.decode["blur_sigma_cells"],
-        self.decode["fh1_method"])
+    out = predictor_lib.KerasPredictor(self.model, self.codec).predict_prepared(
+        batch["image"], batch["size_px"])
     aop_gt = geometry.aop_deg(batch["landmarks"]).numpy()
     side = batch["image"].shape[1]
     # The pictures show the model input (S x S); points map there from the original frame, the AoP
     # written is the one of the original frame.
     size = batch["size_px"][:, None, :]
-    pred_in = geometry.rescale_points(pred_px, size, (side, side)).numpy()
+    pred_in = geometry.rescale_points(out["landmarks"], size, (side, side)).numpy()
     gt_in = geometry.rescale_points(batch["landmarks"], size, (side, side)).numpy()
-    maps = np.asarray(maps) / self.heatmap_scale
+    maps = out["heatmaps"] / self.codec.heatmap_scale
     overlays, panels = [], []
     for i in range(len(batch["image"])):
       overlays.append(visualize.overlay(batch["image"][i], pred=pred_in[i], gt=gt_in[i],
-                                        aop_pred=float(aop_pred[i]), aop_gt=float(aop_gt[i]),
+                                        aop_pred=float(out["aop_deg"][i]), aop_gt=float(aop_gt[i]),
                                         min_size=256))
       panels.append(visualize.heatmap_panel(batch["image"][i], maps[i], tile_px=192))
     return np.stack(overlays), np.stack(panels)
@@ -428,3 +394,19 @@ class Checkpointer(keras.callbacks.Callback):
       self.status.stop_reason = "time_budget"
     if self.status.stop_reason is not None:
       self.model.stop_training = True
+
+
+# The order the callbacks must run in (see the module docstring).
+ORDER = (LearningRateUpdater, StopGuard, Validation, TensorBoardLogger, Checkpointer)
+
+
+def check_order(callbacks):
+  """Raises ValueError unless the callbacks of `ORDER` in `callbacks` come in that order, after any
+  others (which run first and see no `val_*` logs)."""
+  ranks = [next((i for i, cls in enumerate(ORDER) if isinstance(c, cls)), -1) for c in callbacks]
+  known = [r for r in ranks if r >= 0]
+  if known != sorted(known) or (known and -1 in ranks[ranks.index(known[0]):]):
+    names = [type(c).__name__ for c in callbacks]
+    raise ValueError(f"Callbacks {names} are out of order; the built-in ones must come last, in "
+                     f"the order {[cls.__name__ for cls in ORDER]} (see aop_tf/callbacks.py).")
+  return callbacks

@@ -4,93 +4,31 @@ Datasets are written by `python -m data_prep.build` (schema in ARCHITECTURE.md) 
 `tfds.builder_from_directory`, which needs no builder code. An example flows through these steps:
 
   decode (TFDS) -> resize to the model input (`preprocess_image`, cached) -> [shuffle] ->
-  [augment in input pixels] -> channels -> landmarks to heatmap cells -> Gaussian targets -> batch
+  [augment in input pixels] -> channels -> `codec.encode` (cells, Gaussian targets) -> batch
 
 Coordinates follow `aop_tf.geometry`: `(x, y)`, pixel centres at integers, sizes `(width, height)`.
 The resize covers the whole field of view, so landmarks map from the original size straight to
-heatmap cells with `geometry.pixel_to_cell`.
+heatmap cells. Every setting comes from the run spec (`config.RunSpec`): the codec, the model's
+input size and channels, `data` (batch size, cache, shuffle), `augment` and `run.seed`.
 
 Training datasets are keyed by epoch: `make_dataset(..., training=True, start_epoch=k)` yields
 epochs k, k+1, ... back to back, each `num_examples // batch_size` full batches, and the order and
-augmentation of epoch e depend only on `(config.seed, e)`, so a resumed run sees exactly the
+augmentation of epoch e depend only on `(run.seed, e)`, so a resumed run sees exactly the
 batches the uninterrupted one would have.
 """
 
-import dataclasses
 import functools
 import os
-from typing import Optional, Union
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from aop_tf import geometry, heatmap
-from aop_tf.augment import AugmentConfig
 from aop_tf import augment as augment_lib
+from aop_tf import geometry
 
 INFO_FILE = "dataset_info.json"
 _NUM_EPOCHS = 2 ** 62  # "forever" for the epoch-keyed training stream
 _SHUFFLE_TAG = 0x5AFF1E
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineConfig:
-  """How examples become model inputs and targets.
-
-  Args:
-    input_size: side S of the square model input, pixels.
-    input_channels: 1 (gray) or 3 (RGB, gray replicated); the model's input channels.
-    heatmap_size: side R of the target heatmaps, cells.
-    sigma_cells: Gaussian target standard deviation, cells.
-    batch_size: examples per batch.
-    augment: `AugmentConfig`, or None for no augmentation (the paper).
-    with_mask: also yield `mask` (int32 [B, R, R], nearest) and `has_mask`.
-    cache: True caches decoded, resized images in memory (before augmentation; float32 in the
-      source's channels, 4 * S * S bytes per gray image: 220 MB for PSFHS train at 256, 880 MB at
-      512); a string caches to that file prefix; False re-decodes every epoch. Training also
-      stacks one shuffle block (the whole split by default) per epoch.
-    shuffle_buffer: 0 shuffles the whole split each epoch (a uniform permutation); n > 0 shuffles
-      within consecutive blocks of n examples (less memory, weaker mixing).
-    seed: seed of the shuffle order and the augmentation.
-  """
-  input_size: int = 256
-  input_channels: int = 1
-  heatmap_size: int = 64
-  sigma_cells: float = 2.0
-  batch_size: int = 8
-  augment: Optional[AugmentConfig] = None
-  with_mask: bool = False
-  cache: Union[bool, str] = True
-  shuffle_buffer: int = 0
-  seed: int = 0
-
-  def __post_init__(self):
-    if isinstance(self.augment, dict):
-      object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
-    if self.input_channels not in (1, 3):
-      raise ValueError(f"PipelineConfig.input_channels = {self.input_channels}; use 1 or 3.")
-    for name in ("input_size", "heatmap_size", "batch_size"):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f"PipelineConfig.{name} = {getattr(self, name)} must be positive.")
-    if self.sigma_cells <= 0:
-      raise ValueError(f"PipelineConfig.sigma_cells = {self.sigma_cells} must be positive.")
-    if self.shuffle_buffer < 0:
-      raise ValueError(f"PipelineConfig.shuffle_buffer = {self.shuffle_buffer} must be >= 0.")
-
-  def to_dict(self):
-    """JSON-able dict (for config.json); `augment` becomes a dict or None."""
-    d = dataclasses.asdict(self)
-    d["augment"] = self.augment.to_dict() if self.augment is not None else None
-    return d
-
-  @classmethod
-  def from_dict(cls, d):
-    """Inverse of `to_dict`; unknown keys are an error."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"Unknown PipelineConfig keys {unknown}; expected some of {sorted(known)}.")
-    return cls(**d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +102,21 @@ def load_split(data_dir, split, read_config=None):
   return b.as_dataset(split=split, shuffle_files=False, read_config=read_config)
 
 
+def check_square(data_dir, split, what):
+  """Raises ValueError naming the first non-square image of `split` (for knobs that need square
+  images, `what`); reads only the stored sizes, not the pixels."""
+  b = builder(data_dir)
+  _check_split(b, split, data_dir)
+  skip = tfds.decode.SkipDecoding()
+  ds = b.as_dataset(split=split, shuffle_files=False, decoders={"image": skip, "mask": skip})
+  for ex in ds.map(lambda e: (e["filename"], e["width"], e["height"])).as_numpy_iterator():
+    filename, width, height = ex
+    if width != height:
+      raise ValueError(f"{what} needs square images (the term is computed on the square heatmap "
+                       f"grid); {split} image {filename.decode()} of {data_dir} is {width}x"
+                       f"{height}. Set it to 0 for this dataset.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Images.
 
@@ -227,9 +180,9 @@ def preprocess_image(image, input_size, input_channels):
 # Datasets of model inputs and targets.
 
 
-def _prepare_fn(config):
+def _prepare_fn(spec, with_mask):
   """Decoded example -> cacheable dict at input resolution (before augmentation)."""
-  size = config.input_size
+  size = spec.model.input_size
 
   def prepare(index, ex):
     size_px = tf.cast(tf.stack([ex["width"], ex["height"]]), tf.float32)
@@ -240,7 +193,7 @@ def _prepare_fn(config):
         "size_px": size_px,
         "filename": ex["filename"],
     }
-    if config.with_mask:
+    if with_mask:
       # Nearest, at input resolution, so augmentation can warp it with the image's matrix.
       to_orig = augment_lib.scale_matrix((size, size), size_px)
       out["mask"] = augment_lib.warp(ex["mask"], to_orig, (size, size), "nearest")
@@ -250,29 +203,28 @@ def _prepare_fn(config):
   return prepare
 
 
-def _finish_fn(config, training):
+def _finish_fn(spec, training, with_mask):
   """Cached dict (+ epoch) -> model inputs and targets for one example."""
-  size, cells = config.input_size, config.heatmap_size
-  aug = config.augment if training else None
+  codec = spec.heatmap_codec()
+  size, cells = spec.model.input_size, spec.model.heatmap_size
+  aug = spec.augment_or_none() if training else None
 
   def finish(ex, epoch):
     image, landmarks, size_px = ex["image"], ex["landmarks"], ex["size_px"]
     forward = tf.eye(3)
     if aug is not None:
-      seed = augment_lib.example_seed(config.seed, epoch, ex["index"])
+      seed = augment_lib.example_seed(spec.run.seed, epoch, ex["index"])
       in_px = geometry.rescale_points(landmarks, size_px, (size, size))
       image, in_px, forward = augment_lib.augment(image, in_px, seed, aug)
       landmarks = geometry.rescale_points(in_px, (size, size), size_px)
-    landmarks_cells = geometry.pixel_to_cell(landmarks, size_px, (cells, cells))
     out = {
-        "image": convert_channels(image, config.input_channels),
-        "heatmaps": heatmap.gaussian_heatmaps(landmarks_cells, (cells, cells), config.sigma_cells),
-        "landmarks_cells": landmarks_cells,
+        "image": convert_channels(image, spec.model.input_channels),
+        **codec.encode(landmarks, size_px),
         "landmarks": landmarks,
         "size_px": size_px,
         "filename": ex["filename"],
     }
-    if config.with_mask:
+    if with_mask:
       # Output cell -> input pixel -> (undo the augmentation) -> cached mask pixel, nearest.
       cell_to_input = augment_lib.scale_matrix((cells, cells), (size, size))
       to_mask = tf.linalg.inv(forward) @ cell_to_input
@@ -292,56 +244,61 @@ def _permuted(block, seed):
       lambda i: {k: v[i] for k, v in block.items()})
 
 
-def _shuffled_epoch(prepared, config, epoch, n):
+def _shuffled_epoch(prepared, spec, epoch, n):
   """`prepared` in the order of epoch `epoch`: a stateless function of (seed, epoch)."""
-  block = config.shuffle_buffer or max(n, 1)
+  block = spec.data.shuffle_buffer or max(n, 1)
   epoch_seed = tf.random.experimental.stateless_fold_in(
-      tf.stack([tf.cast(config.seed, tf.int64), tf.constant(_SHUFFLE_TAG, tf.int64)]), epoch)
+      tf.stack([tf.cast(spec.run.seed, tf.int64), tf.constant(_SHUFFLE_TAG, tf.int64)]), epoch)
   return prepared.batch(block).enumerate().flat_map(
       lambda b, batch: _permuted(batch, tf.random.experimental.stateless_fold_in(epoch_seed, b)))
 
 
-def make_dataset(data_dir, split, config, training, start_epoch=0):
+def make_dataset(data_dir, split, spec, training, start_epoch=0):
   """Batched model inputs and targets of one split.
 
   Args:
     data_dir: dataset folder or a parent of exactly one (see `find_dataset_dir`).
     split: "train", "val" or "test".
-    config: `PipelineConfig`.
+    spec: `config.RunSpec`; `data.batch_size` examples per batch, masks when the model has a
+      segmentation head, the cache as `data.cache` says (True: decoded, resized images in
+      memory, 4 * S * S bytes per gray image: 220 MB for PSFHS train at 256; False: decoded
+      again every epoch).
     training: True: epochs `start_epoch, start_epoch + 1, ...` forever, each shuffled and (if
-      configured) augmented as a pure function of `(config.seed, epoch)`, `num_examples //
-      batch_size` full batches per epoch (use that as Keras' `steps_per_epoch`). False: one pass in
-      file order, no augmentation, last batch possibly short.
+      configured) augmented as a pure function of `(run.seed, epoch)`, `num_examples //
+      batch_size` full batches per epoch (use that as Keras' `steps_per_epoch`). False: one pass
+      in file order, no augmentation, last batch possibly short.
     start_epoch: first epoch (0-based) of the training stream, to resume exactly.
 
   Returns:
-    tf.data.Dataset of dicts: `image` float32 [B, S, S, C] 0..255; `heatmaps` float32 [B, R, R, 3];
-    `landmarks_cells` float32 [B, 3, 2]; `landmarks` float32 [B, 3, 2] original pixels (after
-    augmentation, in the original frame); `size_px` float32 [B, 2] `(width, height)`; `filename`
-    string [B]; with `config.with_mask`: `mask` int32 [B, R, R] (0 bg, 1 PS, 2 FH), `has_mask` bool
-    [B].
+    tf.data.Dataset of dicts: `image` float32 [B, S, S, C] 0..255; `heatmaps` float32 [B, R, R, 3]
+    and `landmarks_cells` float32 [B, 3, 2] (`codec.encode`); `landmarks` float32 [B, 3, 2]
+    original pixels (after augmentation, in the original frame); `size_px` float32 [B, 2]
+    `(width, height)`; `filename` string [B]; with a segmentation head: `mask` int32 [B, R, R]
+    (0 bg, 1 PS, 2 FH), `has_mask` bool [B].
   """
   n = num_examples(data_dir, split)
-  read_config = tfds.ReadConfig(try_autocache=not config.cache)
+  batch_size, cache = spec.data.batch_size, spec.data.cache
+  with_mask = spec.model.seg_classes > 0
+  read_config = tfds.ReadConfig(try_autocache=not cache)
   prepared = load_split(data_dir, split, read_config).enumerate().map(
-      _prepare_fn(config), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if config.cache:
-    prepared = prepared.cache("" if config.cache is True else str(config.cache))
-  finish = _finish_fn(config, training)
+      _prepare_fn(spec, with_mask), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if cache:
+    prepared = prepared.cache()
+  finish = _finish_fn(spec, training, with_mask)
 
   if not training:
     ds = prepared.map(lambda ex: finish(ex, tf.constant(0, tf.int64)),
                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-  steps = n // config.batch_size
+  steps = n // batch_size
   if steps < 1:
     raise ValueError(f"Split {split!r} of {data_dir} has {n} examples, fewer than one batch of "
-                     f"{config.batch_size}; lower the batch size.")
-  keep = steps * config.batch_size
+                     f"{batch_size}; lower the batch size.")
+  keep = steps * batch_size
 
   def one_epoch(epoch):
-    ds = _shuffled_epoch(prepared, config, epoch, n)
+    ds = _shuffled_epoch(prepared, spec, epoch, n)
     # Drop the remainder with a filter, not take(): the cache is only kept once read to the end.
     ds = ds.enumerate().filter(lambda i, ex: i < keep)
     return ds.map(lambda i, ex: (ex, epoch))
@@ -349,25 +306,20 @@ def make_dataset(data_dir, split, config, training, start_epoch=0):
   ds = tf.data.Dataset.range(start_epoch, _NUM_EPOCHS).flat_map(one_epoch)
   ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   # Every epoch contributes whole batches, so batches never straddle two epochs.
-  return ds.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def steps_per_epoch(data_dir, split, config):
+def steps_per_epoch(data_dir, split, spec):
   """Batches per training epoch: `num_examples // batch_size`."""
-  return num_examples(data_dir, split) // config.batch_size
+  return num_examples(data_dir, split) // spec.data.batch_size
 
 
-def to_keras(batch, mask_sample_weight=False):
-  """Batch dict -> `(x, y)` for Keras: `x` images, `y` {"heatmaps", ["segmentation"]}.
-
-  With `mask_sample_weight` (and masks in the batch) returns `(x, y, sample_weight)` where the
-  segmentation weight is `has_mask`, so examples without a real mask do not train that head.
-  """
+def to_keras(batch):
+  """Batch dict -> `(x, y)` for Keras `fit`/`evaluate`: `x` images, `y` {"heatmaps",
+  ["segmentation"]}; images without a real mask get segmentation label -1 (ignored by the loss)."""
   y = {"heatmaps": batch["heatmaps"]}
   if "mask" in batch:
-    y["segmentation"] = batch["mask"]
-    if mask_sample_weight:
-      weights = {"heatmaps": tf.ones_like(batch["size_px"][:, 0]),
-                 "segmentation": tf.cast(batch["has_mask"], tf.float32)}
-      return batch["image"], y, weights
+    mask = tf.cast(batch["mask"], tf.int32)
+    has_mask = tf.reshape(tf.cast(batch["has_mask"], tf.bool), [-1, 1, 1])
+    y["segmentation"] = tf.where(has_mask, mask, -tf.ones_like(mask))
   return batch["image"], y

@@ -3,11 +3,11 @@
   python -m aop_tf.evaluate --model=runs/cpu --data_dir=data/masks --split=val
   python -m aop_tf.evaluate --model=saved_models/cpu --images_dir=IMGS --labels_csv=labels.csv
 
-`--model` is a training directory (`config.json` + `*.keras`, decoded with its `config.json`
-settings unless `--decode_method` / `--decode_blur_sigma` say otherwise) or an exported SavedModel
-folder (`saved_model.pb`; its `serve_images` signature is run on the original images, so the export's
-own resize and decoder are what is measured). Data is a built TFDS dataset (`--data_dir`,
-`--split`) or a folder of images with an IUGC-format CSV (`--images_dir`, `--labels_csv`).
+Evaluation = a predictor (`aop_tf.predictor`: a training directory, a SavedModel or a `.tflite`
+file, each run on the original images with its own resize and decoder) + a data source
+(`aop_tf.sources`: a built TFDS dataset split, or a folder of images with an IUGC-format CSV) +
+the metrics of `aop_tf.metrics`. `--decode_method` / `--decode_blur_sigma` / `--fh1_method`
+override the model's decoding (an export's heatmaps are then decoded again).
 
 Writes to `--output_dir` (default `<model>/eval_<split or csv name>`):
   report.json     `metrics.report` plus model, data, decode settings and inference ms/image
@@ -16,10 +16,10 @@ Writes to `--output_dir` (default `<model>/eval_<split or csv name>`):
 """
 
 import csv
-import dataclasses
 import datetime
 import os
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -31,128 +31,64 @@ from tqdm import tqdm
 import aop_tf
 from aop_tf import LANDMARK_NAMES
 from aop_tf import cli
-from aop_tf import data
-from aop_tf import decode as decode_lib
-from aop_tf import heatmap
+from aop_tf import codec as codec_lib
 from aop_tf import metrics
 from aop_tf import model_dir as model_dir_lib
+from aop_tf import predictor as predictor_lib
+from aop_tf import sources
 from aop_tf import visualize
 
 REPORT_FILE = "report.json"
 PER_IMAGE_FILE = "per_image.csv"
 OVERLAY_DIR = "overlays"
-SAVED_MODEL_FILE = "saved_model.pb"
-SERVE_IMAGES = "serve_images"
-EXPORT_INFO_FILE = "export_info.json"
 OVERLAY_ORDERS = ("file", "worst")
 
 
-def is_saved_model(path):
-  return os.path.isfile(os.path.join(path, SAVED_MODEL_FILE))
+def open_source(data_dir=None, split="val", images_dir=None, labels_csv=None, progress=False):
+  """The `sources` object of the arguments: a dataset split, or images with a labels CSV."""
+  if (data_dir is None) == (images_dir is None and labels_csv is None):
+    raise ValueError("Pass either --data_dir (with --split) or --images_dir with --labels_csv.")
+  if data_dir is None and (images_dir is None or labels_csv is None):
+    raise ValueError("--images_dir and --labels_csv go together; pass both.")
+  if data_dir is not None:
+    return sources.TfdsSource(data_dir, split)
+  return sources.CsvSource(images_dir, labels_csv, progress=progress)
 
 
-def _settings_from_config(config):
-  """Pipeline/decode settings of a `config.json` dict (pipeline keys fall back to model ones)."""
-  pipeline = dict(config.get("pipeline", {}))
-  model_kwargs = config.get("model", {})
-  for key in ("input_size", "input_channels", "heatmap_size"):
-    if key not in pipeline:
-      if key not in model_kwargs:
-        raise KeyError(f"config.json has no pipeline.{key} (nor model.{key}); re-create it with "
-                       "`python -m aop_tf.train` or add the key by hand.")
-      pipeline[key] = model_kwargs[key]
-  decode = config.get("decode", {})
-  return pipeline, {"method": str(decode.get("method", "dark")),
-                    "blur_sigma_cells": float(decode.get("blur_sigma_cells", 0.0)),
-                    "fh1_method": str(decode.get("fh1_method", "heatmap"))}
+def predict_source(predictor, source, batch_size=16, keep_heatmaps=False, progress=False):
+  """Runs a predictor over every example of a source, in order.
 
-
-def eval_pipeline_config(pipeline, batch_size):
-  """`data.PipelineConfig` for one deterministic evaluation pass from a config.json pipeline dict."""
-  known = {f.name for f in dataclasses.fields(data.PipelineConfig)}
-  kwargs = {k: v for k, v in pipeline.items() if k in known}
-  kwargs.update(batch_size=batch_size, augment=None, with_mask=False, cache=False)
-  return data.PipelineConfig(**kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Data sources: original examples `{"image": uint8 [H,W,1], "landmarks": [3,2], "filename": str}`.
-
-
-def _tfds_examples(data_dir, split):
-  for ex in data.load_split(data_dir, split).as_numpy_iterator():
-    yield {"image": ex["image"], "landmarks": ex["landmarks"].astype(np.float32),
-           "filename": ex["filename"].decode("utf-8")}
-
-
-class CsvSource:
-  """Images named by an IUGC-format CSV (`data_prep.csv_source`), read and validated once.
-
-  Rows that cannot be used (missing image, bad point, ...) are skipped, counted and listed in the
-  report (`skipped`), never dropped silently.
+  Returns:
+    preds: dict of numpy arrays: `pred_px` float32 [N,3,2], `gt_px` [N,3,2], `size_px` [N,2],
+      `confidence` [N,3], `filename` object [N] of str, and `heatmaps` [N,R,R,3] when
+      `keep_heatmaps`.
+    timing: `batch_s`, `batch_n` (seconds and images of each model call) and `total_s`.
   """
-
-  def __init__(self, images_dir, labels_csv, progress=False):
-    from data_prep import InputError  # pylint: disable=import-outside-toplevel
-    from data_prep import csv_source  # pylint: disable=import-outside-toplevel
-    if not os.path.isfile(labels_csv):
-      raise FileNotFoundError(f"--labels_csv {labels_csv} does not exist.")
-    if not os.path.isdir(images_dir):
-      raise FileNotFoundError(f"--images_dir {images_dir} is not a folder.")
-    rows = csv_source.read_rows(labels_csv)
-    self.examples, self.skipped = [], []
-    for item in tqdm(csv_source.iter_records(rows, images_dir, {}, "eval"), total=len(rows),
-                     unit="row", desc="read images", disable=not progress, dynamic_ncols=True):
-      if isinstance(item, InputError):
-        self.skipped.append(str(item))
-        continue
-      image = np.asarray(item.image, np.uint8)
-      self.examples.append({"image": image[..., None] if image.ndim == 2 else image,
-                            "landmarks": np.asarray(item.landmarks, np.float32),
-                            "filename": item.filename})
-    if not self.examples:
-      raise ValueError(f"{labels_csv}: no usable rows ({len(self.skipped)} skipped); first "
-                       f"problems:\n  " + "\n  ".join(self.skipped[:10]))
-
-  def __iter__(self):
-    return iter(self.examples)
-
-  def __len__(self):
-    return len(self.examples)
-
-
-def _csv_dataset(source, pipeline_config):
-  """Batched model inputs like `data.make_dataset(training=False)` from a `CsvSource`."""
-  size, channels = pipeline_config.input_size, pipeline_config.input_channels
-
-  def gen():
-    yield from source
-
-  ds = tf.data.Dataset.from_generator(gen, output_signature={
-      "image": tf.TensorSpec([None, None, None], tf.uint8),
-      "landmarks": tf.TensorSpec([3, 2], tf.float32),
-      "filename": tf.TensorSpec([], tf.string)})
-
-  def prepare(ex):
-    shape = tf.shape(ex["image"])
-    return {"image": data.preprocess_image(ex["image"], size, channels),
-            "landmarks": ex["landmarks"],
-            "size_px": tf.cast(tf.stack([shape[1], shape[0]]), tf.float32),
-            "filename": ex["filename"]}
-
-  return ds.map(prepare).batch(pipeline_config.batch_size).prefetch(2)
-
-
-def _same_size_batches(examples, batch_size):
-  """Groups consecutive equal-size examples into batches (for the uint8 `serve_images`)."""
-  pending = []
-  for ex in examples:
-    if pending and (len(pending) == batch_size or pending[0]["image"].shape != ex["image"].shape):
-      yield {k: np.stack([p[k] for p in pending]) for k in pending[0]}
-      pending = []
-    pending.append(ex)
-  if pending:
-    yield {k: np.stack([p[k] for p in pending]) for k in pending[0]}
+  keys = ("pred_px", "gt_px", "size_px", "confidence", "filename") + (
+      ("heatmaps",) if keep_heatmaps else ())
+  parts = {k: [] for k in keys}
+  timing = {"batch_s": [], "batch_n": []}
+  start = time.perf_counter()
+  with tqdm(total=len(source), unit="img", desc="predict", disable=not progress,
+            dynamic_ncols=True) as bar:
+    for batch in predictor_lib.chunks(source, batch_size):
+      t0 = time.perf_counter()
+      out = predictor.predict([ex["image"] for ex in batch])
+      timing["batch_s"].append(time.perf_counter() - t0)
+      timing["batch_n"].append(len(batch))
+      parts["pred_px"].append(out["landmarks"])
+      parts["confidence"].append(out["confidence"])
+      parts["gt_px"].append(np.stack([ex["landmarks"] for ex in batch]))
+      parts["size_px"].append(np.array([[ex["image"].shape[1], ex["image"].shape[0]]
+                                        for ex in batch], np.float32))
+      parts["filename"].extend(ex["filename"] for ex in batch)
+      if keep_heatmaps:
+        parts["heatmaps"].append(out["heatmaps"])
+      bar.update(len(batch))
+  timing["total_s"] = time.perf_counter() - start
+  preds = {k: np.concatenate(v).astype(np.float32) for k, v in parts.items() if k != "filename"}
+  preds["filename"] = np.array(parts["filename"], dtype=object)
+  return preds, timing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,22 +193,45 @@ def overlay_indices(errors, count, order="file"):
 # The evaluation.
 
 
+def _default_output_dir(model, source):
+  folder = model if os.path.isdir(model) else os.path.dirname(os.path.abspath(model))
+  return os.path.join(folder, f"eval_{source.name}")
+
+
+def _result(summary, predictor, source, batch_size, timing):
+  """report.json: the metrics summary plus what was evaluated and how fast."""
+  n = summary["n_images"]
+  model_info = predictor.describe()
+  decode = model_info.pop("decode")
+  return dict(summary, **{
+      "model": model_info,
+      "data": source.describe(),
+      "decode": decode,
+      "batch_size": int(batch_size),
+      "inference_ms_per_image": metrics.steady_ms_per_image(timing["batch_s"], timing["batch_n"]),
+      "inference_ms_per_image_incl_first_batch": (1000.0 * sum(timing["batch_s"]) / n
+                                                  if n else None),
+      "wall_s": timing["total_s"],
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "versions": {"aop_tf": aop_tf.__version__, "tensorflow": tf.__version__,
+                   "python": sys.version.split()[0]},
+  })
+
+
 def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None,
              labels_csv=None, output_dir=None, decode_method=None, blur_sigma_cells=None,
-             fh1_method=None, overlays=16, overlay_order="file", batch_size=16, progress=True, verbose=True):
+             fh1_method=None, overlays=16, overlay_order="file", batch_size=16, progress=True,
+             verbose=True):
   """Runs a model over one dataset and writes report.json, per_image.csv and overlays.
 
   Args:
-    model: a training directory or an exported SavedModel folder.
+    model: a training directory, an exported SavedModel folder or a `.tflite` file.
     checkpoint: training directory only: which `<checkpoint>.keras` (default: the first of
       best_val_mre, best_val_loss, latest).
     data_dir, split: a built TFDS dataset and its split; or
     images_dir, labels_csv: a folder of images and an IUGC-format CSV naming them.
     output_dir: default `<model>/eval_<split>` (or `eval_<csv name>`).
-    decode_method, blur_sigma_cells: default: config.json's (the export's for a SavedModel; an
-      override re-decodes the exported heatmaps with the shared decoder).
-    fh1_method: training directory only (an export fixes it): "heatmap" or "tangent"; default
-      config.json's.
+    decode_method, blur_sigma_cells, fh1_method: override the model's decoding (None: keep it).
     overlays: number of overlay + heatmap panel PNGs (0 none, -1 all).
     overlay_order: "file" (first in file order) or "worst" (largest mean radial error first).
     batch_size: images per batch.
@@ -281,154 +240,39 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
   Returns:
     The report dict written to report.json.
   """
-  if not os.path.isdir(model):
-    raise FileNotFoundError(f"--model {model} is not a folder: pass a training directory "
-                            "(config.json + *.keras) or an exported SavedModel folder.")
-  if (data_dir is None) == (images_dir is None and labels_csv is None):
-    raise ValueError("Pass either --data_dir (with --split) or --images_dir with --labels_csv.")
-  if data_dir is None and (images_dir is None or labels_csv is None):
-    raise ValueError("--images_dir and --labels_csv go together; pass both.")
   if batch_size < 1:
     raise ValueError(f"--batch_size {batch_size} must be >= 1.")
-  saved = is_saved_model(model)
-  if checkpoint and checkpoint.endswith(".keras"):
-    checkpoint = checkpoint[:-len(".keras")]
-  if saved and checkpoint:
-    raise ValueError(f"--checkpoint {checkpoint} applies to training directories; {model} is an "
-                     "exported SavedModel.")
-  if data_dir is not None:
-    data_dir = data.find_dataset_dir(data_dir)
-    data_name = split
-    data_info = {"data_dir": os.path.abspath(data_dir), "split": split}
-  else:
-    data_name = os.path.splitext(os.path.basename(labels_csv))[0]
-    data_info = {"images_dir": os.path.abspath(images_dir),
-                 "labels_csv": os.path.abspath(labels_csv)}
-  output_dir = output_dir or os.path.join(model, f"eval_{data_name}")
-
-  # Model and its settings.
-  if saved:
-    info_path = os.path.join(model, EXPORT_INFO_FILE)
-    config = (model_dir_lib.read_json(info_path).get("config", {})
-              if os.path.exists(info_path) else {})
-    exported_decode = _settings_from_config(config)[1] if config else None
-    try:
-      loaded = tf.saved_model.load(model)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"{model}: cannot load the SavedModel ({type(e).__name__}); re-export it "
-                       "with `python -m aop_tf.export`.") from None
-    if SERVE_IMAGES not in loaded.signatures:
-      raise KeyError(f"{model} has no {SERVE_IMAGES!r} signature (it has "
-                     f"{sorted(loaded.signatures)}); re-export it with `python -m aop_tf.export`.")
-    serve_fn = loaded.signatures[SERVE_IMAGES]
-    decode = dict(exported_decode or {"method": None, "blur_sigma_cells": None})
-    redecode = ((decode_method is not None and decode_method != decode["method"]) or
-                (blur_sigma_cells is not None and blur_sigma_cells != decode["blur_sigma_cells"]))
-    exported_fh1 = decode.get("fh1_method", "heatmap")
-    if fh1_method is not None and fh1_method != exported_fh1:
-      raise ValueError(f"--fh1_method {fh1_method} differs from the export's {exported_fh1}; "
-                       "evaluate the training directory, or export with that method.")
-    if redecode and exported_fh1 != "heatmap":
-      raise ValueError(f"The export decodes FH1 by {exported_fh1!r}, which needs its "
-                       "segmentation output; its heatmaps alone cannot be re-decoded. Evaluate "
-                       "the training directory instead.")
-    if redecode:
-      decode = {"method": decode_method or decode["method"] or "dark",
-                "blur_sigma_cells": float(blur_sigma_cells if blur_sigma_cells is not None
-                                          else decode["blur_sigma_cells"] or 0.0),
-                "fh1_method": "heatmap"}
-    model_info = {"path": os.path.abspath(model), "kind": "saved_model",
-                  "signature": SERVE_IMAGES, "redecoded": bool(redecode)}
-  else:
-    net, config = model_dir_lib.load_model(model, checkpoint)
-    pipeline, decode = _settings_from_config(config)
-    if decode_method is not None:
-      decode["method"] = decode_method
-    if blur_sigma_cells is not None:
-      decode["blur_sigma_cells"] = float(blur_sigma_cells)
-    if fh1_method is not None:
-      decode["fh1_method"] = fh1_method
-    decode_lib.check_fh1_method(decode["fh1_method"],
-                                int(config.get("model", {}).get("seg_classes", 0)))
-    model_info = {"path": os.path.abspath(model), "kind": "keras",
-                  "checkpoint": checkpoint or _first_checkpoint(model)}
-  if decode["method"] is not None and decode["method"] not in heatmap.DECODE_METHODS:
-    raise ValueError(f"--decode_method {decode['method']!r} is not one of "
-                     f"{heatmap.DECODE_METHODS}.")
-
-  # Data.
-  csv_source = (CsvSource(images_dir, labels_csv, progress=progress)
-                if data_dir is None else None)
-  if csv_source is not None:
-    data_info.update(n_skipped=len(csv_source.skipped), skipped=csv_source.skipped)
-
-  def originals():
-    return iter(csv_source) if csv_source is not None else _tfds_examples(data_dir, split)
-
-  total = len(csv_source) if csv_source is not None else data.num_examples(data_dir, split)
+  if overlay_order not in OVERLAY_ORDERS:
+    raise ValueError(f"Unknown overlay order {overlay_order!r}; expected one of {OVERLAY_ORDERS}.")
+  if not os.path.exists(model):
+    raise FileNotFoundError(f"--model={model} does not exist; pass a training directory, an "
+                            "export folder or a .tflite file.")
+  source = open_source(data_dir, split, images_dir, labels_csv, progress)
+  predictor = predictor_lib.load(model, checkpoint, decode={
+      "decode_method": decode_method, "blur_sigma_cells": blur_sigma_cells,
+      "fh1_method": fh1_method})
+  output_dir = output_dir or _default_output_dir(model, source)
   if verbose:
-    print(f"[evaluate] {model_info['kind']} model {model} on {total} images "
-          f"({data_info}) -> {output_dir}", flush=True)
-
-  want_heatmaps = overlays != 0
-  timing = {}
-  if saved:
-    preds = metrics.predict_with_serving(
-        serve_fn, _same_size_batches(originals(), batch_size), progress=progress, total=total,
-        timing=timing, keep_heatmaps=want_heatmaps or redecode)
-    if redecode:
-      preds["pred_px"], _, conf = (t.numpy() for t in heatmap.decode_landmarks(
-          preds["heatmaps"], preds["size_px"], decode["method"], decode["blur_sigma_cells"]))
-      preds["confidence"] = conf
-      if not want_heatmaps:
-        del preds["heatmaps"]
-  else:
-    pipeline_config = eval_pipeline_config(pipeline, batch_size)
-    dataset = (_csv_dataset(csv_source, pipeline_config) if csv_source is not None
-               else data.make_dataset(data_dir, split, pipeline_config, training=False))
-    preds = metrics.predict_on_dataset(net, dataset, decode["method"],
-                                       decode["blur_sigma_cells"], keep_heatmaps=want_heatmaps,
-                                       progress=progress, total=total, timing=timing,
-                                       fh1_method=decode["fh1_method"])
-
+    print(f"[evaluate] {predictor.kind} model {model} on {len(source)} images "
+          f"({source.describe()}) -> {output_dir}", flush=True)
+  preds, timing = predict_source(predictor, source, batch_size, keep_heatmaps=overlays != 0,
+                                 progress=progress)
   errors = metrics.per_image_errors(preds["pred_px"], preds["gt_px"], preds["size_px"])
-  summary = metrics.report(errors)
-  n = summary["n_images"]
-  result = dict(summary)
-  result.update({
-      "model": model_info,
-      "data": data_info,
-      "decode": decode,
-      "batch_size": int(batch_size),
-      "inference_ms_per_image": metrics.steady_ms_per_image(timing),
-      "inference_ms_per_image_incl_first_batch": (1000.0 * timing["model_s"] / n if n else None),
-      "wall_s": timing.get("total_s"),
-      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "versions": {"aop_tf": aop_tf.__version__, "tensorflow": tf.__version__,
-                   "python": sys.version.split()[0]},
-  })
-
+  result = _result(metrics.report(errors), predictor, source, batch_size, timing)
   os.makedirs(output_dir, exist_ok=True)
   write_csv(os.path.join(output_dir, PER_IMAGE_FILE), per_image_rows(preds, errors))
   indices = overlay_indices(errors, overlays, overlay_order)
-  result["n_overlays"] = (write_overlays(os.path.join(output_dir, OVERLAY_DIR), originals(),
-                                         preds, errors, indices, progress=progress)
+  result["n_overlays"] = (write_overlays(os.path.join(output_dir, OVERLAY_DIR), source, preds,
+                                         errors, indices, progress=progress)
                           if len(indices) else 0)
   model_dir_lib.write_json(os.path.join(output_dir, REPORT_FILE), result)
   if verbose:
-    print(metrics.summary_table(summary))
+    print(metrics.summary_table(result))
     ms = result["inference_ms_per_image"]
     print(f"inference: {'n/a' if ms is None else f'{ms:.1f}'} ms/image (batch {batch_size}); "
           f"wrote {os.path.join(output_dir, REPORT_FILE)}, {PER_IMAGE_FILE}"
           + (f", {result['n_overlays']} overlays" if result["n_overlays"] else ""), flush=True)
   return result
-
-
-def _first_checkpoint(model):
-  for name in model_dir_lib.CHECKPOINTS:
-    if os.path.exists(model_dir_lib.checkpoint_path(model, name)):
-      return name
-  return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,8 +282,8 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-  flags.DEFINE_string("model", None, "Training directory (config.json + *.keras) or exported "
-                      "SavedModel folder (saved_model.pb).")
+  flags.DEFINE_string("model", None, "Training directory (config.json + *.keras), exported "
+                      "SavedModel folder (saved_model.pb) or .tflite file.")
   flags.DEFINE_string("checkpoint", None, "Training directory: which <name>.keras (e.g. "
                       "best_val_mre, latest, epoch_0050); default the first of "
                       f"{', '.join(model_dir_lib.CHECKPOINTS)} that exists.")
@@ -448,12 +292,12 @@ def _define_flags():
   flags.DEFINE_string("images_dir", None, "Folder of images named by --labels_csv.")
   flags.DEFINE_string("labels_csv", None, "IUGC-format CSV (Filename,PS1,PS2,FH1,...).")
   flags.DEFINE_string("output_dir", None, "Where to write; default <model>/eval_<split>.")
-  flags.DEFINE_enum("decode_method", None, list(heatmap.DECODE_METHODS),
-                    "Heatmap decoder; default config.json's.")
-  flags.DEFINE_float("decode_blur_sigma", None, "DARK pre-blur sigma, cells; default "
-                     "config.json's.")
-  flags.DEFINE_enum("fh1_method", None, list(decode_lib.FH1_METHODS),
-                    "FH1 from its heatmap or the head tangent; default config.json's.")
+  flags.DEFINE_enum("decode_method", None, list(codec_lib.DECODE_METHODS),
+                    "Heatmap decoder; default the model's.")
+  flags.DEFINE_float("decode_blur_sigma", None, "DARK pre-blur sigma, cells; default the "
+                     "model's.")
+  flags.DEFINE_enum("fh1_method", None, list(codec_lib.FH1_METHODS),
+                    "FH1 from its heatmap or the head tangent; default the model's.")
   flags.DEFINE_integer("overlays", 16, "Overlay + heatmap panel PNGs to write (0 none, -1 all).")
   flags.DEFINE_enum("overlay_order", "file", list(OVERLAY_ORDERS),
                     "Which images get overlays: first in file order, or worst first.")

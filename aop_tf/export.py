@@ -15,6 +15,7 @@ verified export replaces the previous one, by rename, so a failure never leaves 
 model nor removes a good one.
 """
 
+import dataclasses
 import datetime
 import glob
 import os
@@ -32,13 +33,15 @@ import tensorflow as tf
 
 import aop_tf
 from aop_tf import cli
+from aop_tf import config as config_lib
 from aop_tf import data
 from aop_tf import model_dir as model_dir_lib
+from aop_tf import predictor as predictor_lib
 from aop_tf import serving
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-TFLITE_FILE = "model.tflite"
-INFO_FILE = "export_info.json"
+TFLITE_FILE = predictor_lib.TFLITE_FILE
+INFO_FILE = predictor_lib.EXPORT_INFO_FILE
 
 # Float exports must reproduce the Keras model + shared decoder this closely (the test tolerances).
 LANDMARK_TOL_PX = 0.5
@@ -47,18 +50,6 @@ AOP_TOL_DEG = 0.1
 
 class ExportError(RuntimeError):
   """An export failed verification; the previous export (if any) was left in place."""
-
-
-def resolve_checkpoint(model_dir, checkpoint=None):
-  """Name and path of the checkpoint to export: `checkpoint`, or the first of
-  `model_dir.CHECKPOINTS` (best_val_mre, best_val_loss, latest) that exists."""
-  names = [checkpoint] if checkpoint else list(model_dir_lib.CHECKPOINTS)
-  for name in names:
-    path = model_dir_lib.checkpoint_path(model_dir, name)
-    if os.path.exists(path):
-      return name, path
-  raise FileNotFoundError(f"No checkpoint {' / '.join(names)} (.keras) in {model_dir}: pass "
-                          "--checkpoint=<name> of an existing <name>.keras, or train first.")
 
 
 def calibration_images(data_dir, split="train", max_images=100):
@@ -145,15 +136,6 @@ def synthetic_test_images():
   return images
 
 
-def reference_outputs(model, params, image):
-  """Keras model + `data.preprocess_image` + `heatmap.decode_landmarks` on one uint8 [H, W, C]."""
-  prepared = data.preprocess_image(tf.constant(image), params["input_size"],
-                                   params["input_channels"])
-  size_px = tf.constant([[image.shape[1], image.shape[0]]], tf.float32)
-  out = serving.run_and_decode(model, prepared[None], size_px, params)
-  return {k: v.numpy() for k, v in out.items()}
-
-
 def _encode_png(image):
   return tf.io.encode_png(tf.constant(image)).numpy()
 
@@ -178,12 +160,13 @@ def _worst(drifts):
   return worst
 
 
-def verify_export(export_dir, model, params, test_images, quantize="none"):
+def verify_export(export_dir, reference, test_images, quantize="none"):
   """Loads the export back and compares it with the Keras model on `test_images`.
 
-  Runs `serving_default` (PNG bytes), `serve_images` (uint8) and `model.tflite`. The SavedModel
-  must match within `LANDMARK_TOL_PX` / `AOP_TOL_DEG`, and so must a float TFLite model; a
-  quantized TFLite model must give finite outputs of the right shapes, and its drift is recorded.
+  Runs `serving_default` (PNG bytes), `serve_images` (uint8) and `model.tflite` against
+  `reference` (the Keras model + codec, a `predictor.KerasPredictor`). The SavedModel must match
+  within `LANDMARK_TOL_PX` / `AOP_TOL_DEG`, and so must a float TFLite model; a quantized TFLite
+  model must give finite outputs of the right shapes, and its drift is recorded.
 
   Returns:
     dict `{"savedmodel": worst drift, "tflite": worst drift, "n_images": N}`.
@@ -191,15 +174,14 @@ def verify_export(export_dir, model, params, test_images, quantize="none"):
   Raises:
     ExportError: on a mismatch.
   """
-  from aop_tf import predict  # Late import: predict imports this module's constants.
   loaded = tf.saved_model.load(export_dir)
   for name in serving.SIGNATURES:
     if name not in loaded.signatures:
       raise ExportError(f"{export_dir} lacks the {name!r} signature.")
-  lite = predict.TFLiteModel(os.path.join(export_dir, TFLITE_FILE))
+  lite = predictor_lib.TFLitePredictor(os.path.join(export_dir, TFLITE_FILE))
   sm_drifts, lite_drifts = [], []
   for image in test_images:
-    want = reference_outputs(model, params, image)
+    want = reference.predict([image])
     by_bytes = loaded.signatures[serving.SERVING_DEFAULT](
         images=tf.constant([_encode_png(image)]))
     by_pixels = loaded.signatures[serving.SERVE_IMAGES](images=tf.constant(image[None]))
@@ -300,13 +282,25 @@ def _step(message):
   print(f"[export] {message}", flush=True)
 
 
-def export(model, config, export_dir, quantize="none", calibration=None, test_images=None,
+def _write(model, codec, tmp_dir, scratch, quantize, calibration):
+  """Writes the SavedModel and `model.tflite` into `tmp_dir`; returns the TFLite size, bytes."""
+  _step(f"1/4 writing the SavedModel ({', '.join(serving.SIGNATURES)})")
+  serving.serving_archive(model, codec).write_out(tmp_dir, verbose=False)
+  _step(f"2/4 converting to TFLite (quantize={quantize})")
+  serving.tflite_archive(model, codec).write_out(scratch, verbose=False)
+  tflite_bytes = convert_tflite(scratch, quantize, calibration)
+  with open(os.path.join(tmp_dir, TFLITE_FILE), "wb") as f:
+    f.write(tflite_bytes)
+  return len(tflite_bytes)
+
+
+def export(model, spec, export_dir, quantize="none", calibration=None, test_images=None,
            source=None):
   """Writes a verified SavedModel + TFLite export to `export_dir`, atomically.
 
   Args:
     model: the Keras landmark model.
-    config: its training directory's `config.json` dict (`pipeline`, `decode`, `model`).
+    spec: its run spec (`config.RunSpec`); the codec decodes, and export_info.json records it.
     export_dir: target folder (replaced only after the new export is verified).
     quantize: one of `QUANTIZATIONS`, for `model.tflite`.
     calibration: list of uint8 [H, W, C] images for int8 calibration; the first two also serve
@@ -320,7 +314,7 @@ def export(model, config, export_dir, quantize="none", calibration=None, test_im
   """
   if quantize not in QUANTIZATIONS:
     raise ValueError(f"Unknown --quantize={quantize!r}; expected one of {QUANTIZATIONS}.")
-  params = serving.serving_params(config)
+  codec = spec.heatmap_codec()
   export_dir = os.path.abspath(export_dir)
   parent = os.path.dirname(export_dir)
   os.makedirs(parent, exist_ok=True)
@@ -333,27 +327,22 @@ def export(model, config, export_dir, quantize="none", calibration=None, test_im
   tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(export_dir)}-", dir=parent)
   scratch = tempfile.mkdtemp(prefix=".tmp-tflite-graph-", dir=parent)
   try:
-    _step(f"1/4 writing the SavedModel ({', '.join(serving.SIGNATURES)})")
-    serving.serving_archive(model, config).write_out(tmp_dir, verbose=False)
-    _step(f"2/4 converting to TFLite (quantize={quantize})")
-    serving.tflite_archive(model, config).write_out(scratch, verbose=False)
-    tflite_bytes = convert_tflite(scratch, quantize, calibration)
-    with open(os.path.join(tmp_dir, TFLITE_FILE), "wb") as f:
-      f.write(tflite_bytes)
+    tflite_bytes = _write(model, codec, tmp_dir, scratch, quantize, calibration)
     _step(f"3/4 verifying on {len(test_images)} test images")
-    verification = verify_export(tmp_dir, model, params, test_images, quantize)
+    verification = verify_export(tmp_dir, predictor_lib.KerasPredictor(model, codec),
+                                 test_images, quantize)
     info = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": source or {},
-        "config": config,
-        "serving": params,
+        "config": config_lib.to_json(spec),
+        "codec": dataclasses.asdict(codec),
+        "input_channels": int(model.input_shape[-1]),
         "quantization": quantize,
         "calibration_images": len(calibration) if calibration and quantize == "int8" else 0,
-        "signatures": {name: {"inputs": {"images": spec[0].dtype.name + str(spec[0].shape)}}
-                       for name, spec in serving.INPUT_SPECS.items()},
+        "signatures": {name: {"inputs": {"images": spec_[0].dtype.name + str(spec_[0].shape)}}
+                       for name, spec_ in serving.INPUT_SPECS.items()},
         "outputs": list(serving.OUTPUT_KEYS),
-        "tflite": {"file": TFLITE_FILE, "bytes": len(tflite_bytes),
-                   "input": "images uint8[1,H,W,C]"},
+        "tflite": {"file": TFLITE_FILE, "bytes": tflite_bytes, "input": "images uint8[1,H,W,C]"},
         "verification": verification,
         "versions": versions(),
         "export_seconds": round(time.time() - start, 1),
@@ -374,10 +363,10 @@ def export(model, config, export_dir, quantize="none", calibration=None, test_im
 def export_model_dir(model_dir, export_dir, checkpoint=None, quantize="none",
                      calibration_data=None, calibration_split="train", calibration_count=100):
   """Loads a checkpoint from a training directory and `export`s it. Returns the info dict."""
-  model_dir_lib.read_config(model_dir)  # Fails first, with the clearest message.
-  name, path = resolve_checkpoint(model_dir, checkpoint)
+  model_dir_lib.read_spec(model_dir)  # Fails first, with the clearest message.
+  name, path = model_dir_lib.resolve_checkpoint(model_dir, checkpoint)
   _step(f"loading {path}")
-  model, config = model_dir_lib.load_model(model_dir, name)
+  model, spec = model_dir_lib.load_model(model_dir, name)
   calibration = None
   if calibration_data:
     # Without int8 the images only verify the export; two are enough.
@@ -390,7 +379,7 @@ def export_model_dir(model_dir, export_dir, checkpoint=None, quantize="none",
             "checkpoint_path": os.path.abspath(path),
             "calibration_data": os.path.abspath(calibration_data) if calibration_data else None,
             "calibration_split": calibration_split if calibration_data else None}
-  return export(model, config, export_dir, quantize, calibration, source=source)
+  return export(model, spec, export_dir, quantize, calibration, source=source)
 
 
 FLAGS = flags.FLAGS

@@ -1,15 +1,14 @@
-"""Gaussian heatmap encoding and peak decoding: the one implementation of each.
+"""Heatmap primitives in cells: Gaussian rendering, peak finding, soft-argmax.
 
 Heatmaps are float32 `[..., H, W, K]` (channels last, K = 3 landmarks PS1, PS2, FH1). Points on a
-heatmap are in cells, `(x, y)`, cell centres at integers (see `aop_tf.geometry`). Everything is plain
-TF so that the training targets, evaluation, the SavedModel signatures and TFLite share it.
+heatmap are in cells, `(x, y)`, cell centres at integers (see `aop_tf.geometry`). Plain TF, so the
+training targets, evaluation, the SavedModel signatures and TFLite share it. `aop_tf.codec` puts
+these together with the pixel <-> cell mapping; nothing else calls them to encode or decode.
 """
 
 import math
 
 import tensorflow as tf
-
-from aop_tf import geometry
 
 DECODE_METHODS = ("argmax", "dark")
 
@@ -65,7 +64,8 @@ def decode_heatmaps(heatmaps, method="dark", blur_sigma_cells=0.0):
   one Newton step on the log-heatmap, `offset = -Hessian^-1 * gradient` from central differences
   (exact for a noise-free Gaussian), optionally after a Gaussian blur of `blur_sigma_cells` that
   suppresses noise in network outputs. The offset is kept within one cell; where the log-heatmap is
-  not locally concave the argmax is kept.
+  not locally concave, and in the border cells (which lack a neighbour on one side, as MMPose's
+  `refine_keypoints_dark` skips them), the argmax is kept.
 
   Args:
     heatmaps: float [B, H, W, K].
@@ -94,7 +94,8 @@ def decode_heatmaps(heatmaps, method="dark", blur_sigma_cells=0.0):
   if blur_sigma_cells and blur_sigma_cells > 0:
     maps = _blur(maps, blur_sigma_cells)
   log_maps = tf.math.log(tf.maximum(maps, 1e-10))
-  # Edge padding keeps the differences defined at the border (one-sided there, in effect).
+  # The padding only keeps the gathers below in range: border cells are not refined (`interior`),
+  # since a padded neighbour there turns the Newton step into a fixed -0.5 cell shift.
   padded = tf.pad(log_maps, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
   pw = width + 2
   flat_log = tf.transpose(tf.reshape(padded, [shape[0], (height + 2) * pw, shape[3]]), [0, 2, 1])
@@ -109,7 +110,9 @@ def decode_heatmaps(heatmaps, method="dark", blur_sigma_cells=0.0):
   hyy = at(0, 1) - 2.0 * centre + at(0, -1)
   hxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
   det = hxx * hyy - hxy * hxy
-  concave = tf.logical_and(det > 1e-12, hxx < 0.0)
+  interior = tf.logical_and(tf.logical_and(ix >= 1, ix <= width - 2),
+                            tf.logical_and(iy >= 1, iy <= height - 2))
+  concave = tf.logical_and(tf.logical_and(det > 1e-12, hxx < 0.0), interior)
   safe_det = tf.where(concave, det, tf.ones_like(det))
   ox = -(hyy * gx - hxy * gy) / safe_det
   oy = -(hxx * gy - hxy * gx) / safe_det
@@ -138,28 +141,3 @@ def soft_argmax(heatmaps):
   x = tf.reduce_sum(tf.reduce_sum(prob, axis=1) * xs[None, :, None], axis=1)  # [B, K]
   y = tf.reduce_sum(tf.reduce_sum(prob, axis=2) * ys[None, :, None], axis=1)
   return tf.stack([x, y], axis=-1)
-
-
-def decode_landmarks(heatmaps, image_size_px, method="dark", blur_sigma_cells=0.0):
-  """Heatmaps -> landmarks in original-image pixels, AoP and confidence.
-
-  The decoder shared by evaluation, the SavedModel signatures and TFLite.
-
-  Args:
-    heatmaps: float [B, R, R, 3] model output.
-    image_size_px: [B, 2] or [2] `(width, height)` of each original image, pixels.
-    method, blur_sigma_cells: see `decode_heatmaps`.
-
-  Returns:
-    landmarks: float32 [B, 3, 2] `(x, y)` original-image pixels, order PS1, PS2, FH1.
-    aop_deg: float32 [B] (NaN where degenerate).
-    confidence: float32 [B, 3] raw peak heights.
-  """
-  points_cells, peak = decode_heatmaps(heatmaps, method, blur_sigma_cells)
-  shape = tf.shape(heatmaps)
-  cells = tf.cast(tf.stack([shape[2], shape[1]]), tf.float32)
-  size = tf.cast(tf.convert_to_tensor(image_size_px), tf.float32)
-  if len(size.shape) == 2:
-    size = size[:, None, :]
-  landmarks = geometry.cell_to_pixel(points_cells, cells, size)
-  return landmarks, geometry.aop_deg(landmarks), peak

@@ -1,29 +1,21 @@
-"""Landmark and AoP metrics: prediction over a dataset, per-image errors and the summary report.
+"""Landmark and AoP metrics: per-image errors and the summary report.
 
 Points are `(x, y)` in original-image pixels, order PS1, PS2, FH1; sizes are `(width, height)`.
 Errors come in two spaces: original pixels (`_px`) and the 512x512 space the paper reports in
-(`_512`: x scaled by 512 / width, y by 512 / height, via `geometry.to_512_scale`). Decoding and AoP
-are the shared implementations in `aop_tf.heatmap` and `aop_tf.geometry`.
+(`_512`: x scaled by 512 / width, y by 512 / height, via `geometry.to_512_scale`). The AoP is
+`geometry.aop_deg`.
 
-Typical use:
-  preds = metrics.predict_on_dataset(model, data.make_dataset(d, "val", cfg, training=False))
-  errors = metrics.per_image_errors(preds["pred_px"], preds["gt_px"], preds["size_px"])
+Typical use (predictions from any `aop_tf.predictor`):
+  errors = metrics.per_image_errors(pred_px, gt_px, size_px)
   summary = metrics.report(errors)
 """
 
 import math
-import time
-import weakref
 
-import keras
 import numpy as np
-import tensorflow as tf
-from tqdm import tqdm
 
 from aop_tf import LANDMARK_NAMES
-from aop_tf import decode as decode_lib
 from aop_tf import geometry
-from aop_tf import heatmap
 
 # The clinical AoP threshold: >= 120 deg goes with spontaneous vaginal delivery.
 AOP_THRESHOLD_DEG = 120.0
@@ -31,180 +23,17 @@ AOP_THRESHOLD_DEG = 120.0
 SDR_RADII_512 = (2.0, 4.0, 8.0)
 
 
-# Traced prediction steps per Keras model, so that calling `predict_on_dataset` every epoch does
-# not retrace (about 0.5 s each time for the CPU model). Weak keys, and the steps hold the model
-# only weakly, so a model and its steps are freed together.
-_STEPS = weakref.WeakKeyDictionary()
-
-
-def _step_fn(model, decode_method, blur_sigma_cells, image_shape, fh1_method="heatmap"):
-  """tf.function `(images [B,S,S,C], size_px [B,2]) -> (landmarks_px, confidence, heatmaps)`."""
-  if isinstance(model, keras.Model):
-    model_ref = weakref.ref(model)
-    forward = lambda images: model_ref()(images, training=False)
-    cache = _STEPS.setdefault(model, {})
-  else:
-    forward = model
-    cache = {}
-  key = (decode_method, float(blur_sigma_cells or 0.0), tuple(image_shape), fh1_method)
-  if key not in cache:
-    def decode(images, size_px):
-      outputs = forward(images)
-      landmarks, _, confidence = decode_lib.decode_outputs(
-          outputs, size_px, decode_method, blur_sigma_cells, fh1_method)
-      return landmarks, confidence, tf.cast(decode_lib.heatmaps_of(outputs), tf.float32)
-
-    # One trace for every batch size (the last batch is usually short).
-    cache[key] = tf.function(decode, autograph=False, input_signature=[
-        tf.TensorSpec([None] + list(image_shape), tf.float32),
-        tf.TensorSpec([None, 2], tf.float32)])
-  return cache[key]
-
-
-def _to_str(values):
-  return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
-
-
-def predict_on_dataset(model, dataset, decode_method="dark", blur_sigma_cells=0.0,
-                       keep_heatmaps=False, progress=False, total=None, timing=None,
-                       fh1_method="heatmap"):
-  """Runs a model over a batched evaluation dataset and decodes the landmarks.
+def steady_ms_per_image(batch_s, batch_n):
+  """Model milliseconds per image without the first batch (tracing, warm-up), if there are more.
 
   Args:
-    model: a Keras model whose output dict has "heatmaps", or any callable
-      `images float32 [B,S,S,C] 0..255 -> heatmaps [B,R,R,3]` (or a dict holding "heatmaps"),
-      e.g. a wrapped SavedModel function.
-    dataset: batches of `data.make_dataset(..., training=False)`: dicts with `image`,
-      `landmarks` [B,3,2] original pixels, `size_px` [B,2] `(width, height)`, `filename` [B].
-    decode_method, blur_sigma_cells: see `heatmap.decode_heatmaps`.
-    fh1_method: see `decode.decode_outputs` ("tangent" needs the model's segmentation output).
-    keep_heatmaps: also return the raw heatmaps.
-    progress: show a progress bar (counting images; `total` images if known).
-    total: number of images, for the progress bar.
-    timing: optional dict; receives `model_s` (seconds in forward + decode, synchronised),
-      `total_s`, `n_batches`, and per batch `batch_s` and `batch_n` (the first batch includes
-      tracing; `steady_ms_per_image` leaves it out).
-
-  Returns:
-    dict of numpy arrays: `pred_px` float32 [N,3,2], `gt_px` [N,3,2], `size_px` [N,2],
-    `confidence` [N,3] (raw heatmap peaks), `filename` object [N] of str, and `heatmaps`
-    float32 [N,R,R,3] when `keep_heatmaps`. In dataset order.
+    batch_s: seconds of each batch, in order.
+    batch_n: images of each batch.
   """
-  if decode_method not in heatmap.DECODE_METHODS:
-    raise ValueError(f"Unknown decode method {decode_method!r}; expected one of "
-                     f"{heatmap.DECODE_METHODS}.")
-  step = None
-
-  def run(batch):
-    nonlocal step
-    if step is None:
-      step = _step_fn(model, decode_method, blur_sigma_cells, batch["image"].shape[1:],
-                      fh1_method)
-    landmarks, confidence, maps = step(tf.cast(batch["image"], tf.float32),
-                                       tf.cast(batch["size_px"], tf.float32))
-    return (landmarks.numpy(), confidence.numpy(), maps.numpy() if keep_heatmaps else None,
-            np.asarray(batch["size_px"], np.float32))
-
-  return _run_batches(dataset, run, progress, total, timing, keep_heatmaps)
-
-
-def _run_batches(batches, run, progress, total, timing, keep_heatmaps):
-  """The loop of `predict_on_dataset` and `predict_with_serving`.
-
-  `run(batch) -> (landmarks [B,3,2], confidence [B,3], heatmaps or None, size_px [B,2])`, numpy,
-  timed per batch; `batch` also gives `landmarks` (ground truth) and `filename`.
-  """
-  parts = {k: [] for k in ("pred_px", "gt_px", "size_px", "confidence", "filename", "heatmaps")}
-  batch_s, batch_n = [], []
-  start = time.perf_counter()
-  with tqdm(total=total, unit="img", desc="predict", disable=not progress,
-            dynamic_ncols=True) as bar:
-    for batch in batches:
-      t0 = time.perf_counter()
-      landmarks, confidence, maps, size_px = run(batch)
-      batch_s.append(time.perf_counter() - t0)
-      parts["pred_px"].append(landmarks)
-      parts["confidence"].append(confidence)
-      parts["gt_px"].append(np.asarray(batch["landmarks"], np.float32))
-      parts["size_px"].append(size_px)
-      parts["filename"].extend(_to_str(np.asarray(batch["filename"]).tolist()))
-      if keep_heatmaps:
-        parts["heatmaps"].append(maps)
-      batch_n.append(len(landmarks))
-      bar.update(len(landmarks))
-  if timing is not None:
-    _fill_timing(timing, batch_s, batch_n, time.perf_counter() - start)
-  return _collect(parts, keep_heatmaps)
-
-
-def _fill_timing(timing, batch_s, batch_n, total_s):
-  timing.update(model_s=float(sum(batch_s)), total_s=float(total_s), n_batches=len(batch_s),
-                batch_s=list(batch_s), batch_n=list(batch_n))
-
-
-def steady_ms_per_image(timing):
-  """Model milliseconds per image without the first batch (tracing, warm-up), if there are more."""
-  batch_s, batch_n = timing.get("batch_s", []), timing.get("batch_n", [])
   if len(batch_s) > 1:
     batch_s, batch_n = batch_s[1:], batch_n[1:]
   n = sum(batch_n)
   return 1000.0 * sum(batch_s) / n if n else None
-
-
-def _collect(parts, keep_heatmaps):
-  """Concatenates per-batch lists into the `predict_on_dataset` dict (empty arrays if none)."""
-  empty = {"pred_px": (0, 3, 2), "gt_px": (0, 3, 2), "size_px": (0, 2), "confidence": (0, 3)}
-  out = {}
-  for key, shape in empty.items():
-    out[key] = (np.concatenate(parts[key]).astype(np.float32) if parts[key]
-                else np.zeros(shape, np.float32))
-  out["filename"] = np.array(parts["filename"], dtype=object)
-  if keep_heatmaps:
-    out["heatmaps"] = (np.concatenate(parts["heatmaps"]).astype(np.float32) if parts["heatmaps"]
-                       else np.zeros((0, 0, 0, 3), np.float32))
-  return out
-
-
-def predict_with_serving(serve_fn, examples, progress=False, total=None, timing=None,
-                         keep_heatmaps=False):
-  """Runs an exported `serve_images` signature over original images, one size at a time.
-
-  This evaluates exactly what was exported (its resize, its decoder and settings).
-
-  Args:
-    serve_fn: callable `serve_fn(images=uint8 [B,H,W,C]) -> dict` with `landmarks` [B,3,2]
-      original pixels, `confidence` [B,3] and optionally `heatmaps`.
-    examples: iterable of example dicts with `image` uint8, `landmarks` original pixels and
-      `filename`: either unbatched (`data.load_split`: [H,W,C], [3,2], scalar) or batches of
-      equal-size images ([B,H,W,C], [B,3,2], [B]).
-    progress, total, timing, keep_heatmaps: as in `predict_on_dataset`.
-
-  Returns:
-    The `predict_on_dataset` dict.
-  """
-  def batches():
-    for batch in examples:
-      if np.ndim(batch["image"]) == 3:
-        batch = {k: np.asarray(v)[None] for k, v in batch.items()}
-      yield batch
-
-  def run(batch):
-    images = tf.convert_to_tensor(batch["image"])
-    if images.dtype != tf.uint8:
-      images = tf.cast(tf.clip_by_value(tf.round(tf.cast(images, tf.float32)), 0, 255), tf.uint8)
-    out = serve_fn(images=images)
-    landmarks = np.asarray(out["landmarks"], np.float32)
-    maps = None
-    if keep_heatmaps:
-      if "heatmaps" not in out:
-        raise KeyError("The serving signature returns no 'heatmaps'; run without heatmap "
-                       "panels (--overlays 0) or re-export with heatmaps.")
-      maps = np.asarray(out["heatmaps"], np.float32)
-    height, width = int(images.shape[1]), int(images.shape[2])
-    size_px = np.tile(np.array([[width, height]], np.float32), (len(landmarks), 1))
-    return landmarks, np.asarray(out["confidence"], np.float32), maps, size_px
-
-  return _run_batches(batches(), run, progress, total, timing, keep_heatmaps)
 
 
 def per_image_errors(pred_px, gt_px, size_px):

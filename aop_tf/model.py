@@ -45,6 +45,7 @@ def decoder_blocks(input_size, heatmap_size, depth, decode_to_full):
 
 
 HEATMAP_ACTIVATIONS = ("linear", "spatial_softmax")
+NORMS = ("batch", "group", "none")
 
 
 def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
@@ -81,8 +82,8 @@ def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatm
   if heatmap_activation not in HEATMAP_ACTIVATIONS:
     raise ValueError(f"Unknown heatmap_activation {heatmap_activation!r}; expected one of "
                      f"{HEATMAP_ACTIVATIONS}.")
-  if norm not in ("batch", "group", "none"):
-    raise ValueError(f"Unknown norm {norm!r}; expected batch, group or none.")
+  if norm not in NORMS:
+    raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
   n_up = decoder_blocks(input_size, heatmap_size, depth, decode_to_full)
   # None: the global policy (float32 unless a caller changed it).
   body = "mixed_bfloat16" if mixed_precision else None

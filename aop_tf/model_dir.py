@@ -1,9 +1,7 @@
 """Layout of a training directory and safe loading of its models.
 
 A model directory holds:
-  config.json            how the model was built and fed: {"model": build_unet kwargs,
-                         "pipeline": {input_size, input_channels, heatmap_size, sigma_cells},
-                         "decode": {method, blur_sigma_cells}, "flags": every training flag}
+  config.json            the run spec (`config.to_json`): every knob, by section
   latest.keras           last complete epoch, or where a stop signal came mid-epoch, with
                          optimizer state (for --resume)
   best_val_loss.keras    best validation loss
@@ -25,6 +23,7 @@ import zipfile
 
 import keras
 
+from aop_tf import config as config_lib
 from aop_tf import model as model_lib
 
 CONFIG_FILE = "config.json"
@@ -103,15 +102,44 @@ def save_model(model, path):
   _atomic_write(path, model.save)
 
 
-def read_config(model_dir):
+def read_spec(model_dir):
+  """The `config.RunSpec` in `<model_dir>/config.json` (the one reader of that file).
+
+  Raises:
+    FileNotFoundError: no config.json (not a training directory).
+    config.ConfigError: not JSON, or not a run spec; the message names the file and the field.
+  """
   path = os.path.join(model_dir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: {model_dir} is not a training directory "
                             "(train one with `python -m aop_tf.train`).")
   try:
-    return read_json(path)
+    data = read_json(path)
   except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
-    raise ValueError(f"{path} is not valid JSON ({e}); restore it or retrain.") from None
+    raise config_lib.ConfigError(f"{path} is not valid JSON ({e}); restore it or retrain.") from None
+  return config_lib.from_json(data, path)
+
+
+def write_spec(model_dir, spec):
+  """Writes `spec` to `<model_dir>/config.json`, atomically (the one writer of that file)."""
+  write_json(os.path.join(model_dir, CONFIG_FILE), config_lib.to_json(spec))
+
+
+def resolve_checkpoint(model_dir, which=None):
+  """`(name, path)` of checkpoint `which`, or of the first of `CHECKPOINTS` that exists.
+
+  Raises:
+    FileNotFoundError naming what was looked for.
+  """
+  if which and which.endswith(".keras"):
+    which = which[:-len(".keras")]
+  names = [which] if which else list(CHECKPOINTS)
+  for name in names:
+    path = checkpoint_path(model_dir, name)
+    if os.path.exists(path):
+      return name, path
+  raise FileNotFoundError(f"No checkpoint {' / '.join(names)} (.keras) in {model_dir}: pass "
+                          "--checkpoint=<name> of an existing <name>.keras, or train first.")
 
 
 def load_keras_file(path, compile=False):
@@ -148,15 +176,55 @@ def load_model(model_dir, which=None, compile=False):
       with mixed precision into its float32 copy.
 
   Returns:
-    (keras.Model, config dict).
+    (keras.Model, config.RunSpec).
   """
-  config = read_config(model_dir)
-  names = [which] if which else list(CHECKPOINTS)
-  for name in names:
-    path = checkpoint_path(model_dir, name)
-    if os.path.exists(path):
-      model = load_keras_file(path, compile=compile)
-      if not compile:  # Inference and export compute in float32 (see model.float32_copy).
-        model = model_lib.float32_copy(model, config.get("model", {}))
-      return model, config
-  raise FileNotFoundError(f"No checkpoint {names} in {model_dir}; has training finished an epoch?")
+  spec = read_spec(model_dir)
+  _, path = resolve_checkpoint(model_dir, which)
+  model = load_keras_file(path, compile=compile)
+  if not compile:  # Inference and export compute in float32 (see model.float32_copy).
+    model = model_lib.float32_copy(model, spec.model_kwargs())
+  return model, spec
+
+
+def read_state(model_dir):
+  """`state.json` of a training directory, or {} if there is none yet."""
+  path = os.path.join(model_dir, STATE_FILE)
+  return read_json(path) if os.path.exists(path) else {}
+
+
+def restore(model, model_dir, steps_per_epoch, state):
+  """Loads latest.keras (weights + optimizer state) into the compiled `model` to resume a run.
+
+  Returns `(epochs, batches)`: the completed epochs, and the batches of the next epoch already
+  trained (non-zero where a stop signal saved mid-epoch; `state["partial"]` records it). Repairs
+  `state` where a kill fell between writing state.json and latest.keras.
+
+  Raises:
+    config.ConfigError: the checkpoint does not fit the model, or stopped where no state says.
+  """
+  path = checkpoint_path(model_dir, "latest")
+  model.optimizer.build(model.trainable_variables)
+  try:
+    model.load_weights(path)
+  except Exception as e:  # pylint: disable=broad-except  # another architecture: one line
+    raise config_lib.ConfigError(f"{path} does not fit the model of these flags "
+                                 f"({type(e).__name__}); use a new --model_dir or the original "
+                                 "flags.") from None
+  iterations = int(model.optimizer.iterations.numpy())
+  epoch, batches = divmod(iterations, steps_per_epoch)
+  partial = state.get("partial") or {}
+  if batches and (partial.get("epoch"), partial.get("batches"), partial.get(
+      "steps_per_epoch")) != (epoch + 1, batches, steps_per_epoch):
+    raise config_lib.ConfigError(
+        f"{path} stopped after {iterations} steps, not a whole number of epochs of "
+        f"{steps_per_epoch} steps nor the mid-epoch stop state.json records; --batch_size or "
+        "--steps_per_epoch changed? Use the original flags or a new --model_dir.")
+  if not batches:
+    state.pop("partial", None)  # a kill between state.json and latest.keras of a mid-epoch save
+  if epoch != state.get("epoch", epoch):
+    # state.json is written before latest.keras; a kill in between leaves it an epoch ahead.
+    print(f"Note: {path} holds epoch {epoch}, state.json says {state.get('epoch')}; "
+          f"continuing after epoch {epoch}.")
+    state["epoch"] = epoch
+    state["history"] = [h for h in state.get("history", []) if h.get("epoch", 0) <= epoch]
+  return epoch, batches

@@ -1,10 +1,11 @@
-"""Landmarks, AoP and confidence for image files, from an export (SavedModel or TFLite).
+"""Landmarks, AoP and confidence for image files, from any model `aop_tf.predictor` loads.
 
   python -m aop_tf.predict --model=saved_models/smoke --inputs='scans/,more/*.png,one.jpg' \
       --output=pred.csv [--format=csv|json] [--overlay_dir=overlays] [--min_confidence=0.3]
 
 `--model` is a SavedModel folder (`saved_models/<name>`, run through its `serve_images`
-signature) or a `.tflite` file. Images (PNG, JPEG, BMP, GIF; gray, gray + alpha, RGB, RGBA, CMYK
+signature), a `.tflite` file or a training directory. Prediction = a predictor + image files +
+writers. Images (PNG, JPEG, BMP, GIF; gray, gray + alpha, RGB, RGBA, CMYK
 JPEG, 8 or 16 bits; 1x1 up to `--max_pixels`) are read and decoded by a thread pool, batched by
 size, and predicted; points are `(x, y)` in each image's own pixels. Files that cannot be read or
 decoded, or that declare more pixels than `--max_pixels` in their header, are reported by name,
@@ -13,7 +14,6 @@ undefined (PS1 predicted on PS2 or FH1) has `aop_deg` NaN and `degenerate` 1; ro
 undefined) heatmap peak or a degenerate AoP are flagged `low_confidence`.
 """
 
-import contextlib
 import csv
 import glob
 import json
@@ -33,199 +33,10 @@ from tqdm import tqdm
 
 from aop_tf import LANDMARK_NAMES
 from aop_tf import cli
-from aop_tf import serving
-from data_prep import images as image_files
+from aop_tf import predictor as predictor_lib
+from aop_tf.io import images as image_files
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-SAVED_MODEL_FILE = "saved_model.pb"
-TFLITE_FILE = "model.tflite"
-
-
-def as_model_input(image, where="image"):
-  """Checks one image for the exported models: uint8 [H, W, C] (C = 1..4, H, W >= 1).
-
-  A 2-D array gains a channel axis. Any other pixel type is refused rather than cast (a uint16 or
-  float array cast to uint8 would silently become garbage).
-
-  Raises:
-    ValueError naming `where` and what to do.
-  """
-  image = np.asarray(image)
-  if image.dtype != np.uint8:
-    raise ValueError(f"{where}: pixel type {image.dtype}; the model takes uint8 images (scale "
-                     "16-bit by 255/65535 and float 0..1 by 255, then round)")
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.ndim != 3 or not 1 <= image.shape[2] <= 4 or min(image.shape[:2]) < 1:
-    raise ValueError(f"{where}: image shape {image.shape}; expected [H, W, C] with H, W >= 1 "
-                     "and C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA)")
-  return image
-
-
-def _empty_outputs(heatmap_shape):
-  """The outputs of an empty batch: arrays with 0 rows (`heatmap_shape`: [B, R, R, 3])."""
-  return {"landmarks": np.zeros((0, 3, 2), np.float32), "aop_deg": np.zeros((0,), np.float32),
-          "confidence": np.zeros((0, 3), np.float32),
-          "heatmaps": np.zeros((0, *[int(d or 0) for d in list(heatmap_shape)[1:]]), np.float32)}
-
-
-class _LiteRunner:
-  """One LiteRT interpreter of a `model.tflite`; used by one thread at a time."""
-
-  def __init__(self, path, num_threads=None):
-    from ai_edge_litert.interpreter import Interpreter
-    self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
-    runner = self._interpreter.get_signature_runner(serving.SERVING_DEFAULT)
-    self._input = runner.get_input_details()["images"]["index"]
-    outputs = runner.get_output_details()
-    self._outputs = {k: v["index"] for k, v in outputs.items()}
-    self.heatmap_shape = outputs.get("heatmaps", {}).get("shape", [1, 0, 0, 3])
-    missing = set(serving.OUTPUT_KEYS) - set(self._outputs)
-    if missing:
-      raise ValueError(f"{path} lacks outputs {sorted(missing)}; re-export it with "
-                       "`python -m aop_tf.export`.")
-    self._shape = None
-
-  def run(self, image):
-    image = np.ascontiguousarray(as_model_input(image))[None]
-    if image.shape != self._shape:  # Re-plan only when the image size changes.
-      self._interpreter.resize_tensor_input(self._input, image.shape, strict=True)
-      self._interpreter.allocate_tensors()
-      self._shape = image.shape
-    self._interpreter.set_tensor(self._input, image)
-    self._interpreter.invoke()
-    return {k: self._interpreter.get_tensor(i).copy() for k, i in self._outputs.items()}
-
-
-class TFLiteModel:
-  """Runs `model.tflite` (uint8 [1, H, W, C] in) with LiteRT, one image per interpreter call.
-
-  Args:
-    path: the `.tflite` file.
-    num_threads: threads of each interpreter (None: LiteRT's default, one).
-    num_interpreters: interpreters that run different images of one `predict` call side by side
-      (a thread each; LiteRT releases the GIL while it runs). On a multi-core CPU, k interpreters
-      of one thread give more images/s than one interpreter of k threads (benchmarks/speed.py).
-  """
-
-  def __init__(self, path, num_threads=None, num_interpreters=1):
-    self.path = path
-    count = max(1, int(num_interpreters))
-    self._runners = [_LiteRunner(path, num_threads) for _ in range(count)]
-    self._heatmap_shape = self._runners[0].heatmap_shape
-    self._pool = futures.ThreadPoolExecutor(count, "tflite") if count > 1 else None
-
-  def predict(self, images):
-    """list of uint8 [H, W, C] -> dict of numpy arrays stacked over the list (`OUTPUT_KEYS`)."""
-    if not len(images):
-      return _empty_outputs(self._heatmap_shape)
-    if self._pool is None or len(images) == 1:
-      parts = [self._runners[0].run(image) for image in images]
-    else:
-      # Contiguous shares, so that each interpreter keeps its planned size on same-size runs.
-      shares = np.array_split(np.arange(len(images)), min(len(self._runners), len(images)))
-      jobs = [self._pool.submit(lambda r, idx: [r.run(images[i]) for i in idx], runner, share)
-              for runner, share in zip(self._runners, shares)]
-      parts = [part for job in jobs for part in job.result()]
-    return {k: np.concatenate([p[k] for p in parts]) for k in serving.OUTPUT_KEYS}
-
-
-def native_bfloat16(cpuinfo="/proc/cpuinfo"):
-  """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 in its flags; Linux).
-
-  Elsewhere oneDNN would emulate bfloat16, slower than float32, so `--bfloat16` defaults to this.
-  """
-  try:
-    with open(cpuinfo) as f:
-      for line in f:
-        if line.startswith("flags"):
-          return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[-1].split()))
-  except OSError:
-    pass
-  return False
-
-
-@contextlib.contextmanager
-def bfloat16_graphs(enabled=True):
-  """oneDNN bfloat16 auto mixed precision for the TF functions called inside (when `enabled`).
-
-  The setting is part of each call's configuration, so it holds for these calls only (not
-  thread-safe: calls made meanwhile by other threads get it too)."""
-  if not enabled:
-    yield
-    return
-  key = "auto_mixed_precision_onednn_bfloat16"
-  before = tf.config.optimizer.get_experimental_options().get(key, False)
-  tf.config.optimizer.set_experimental_options({key: True})
-  try:
-    yield
-  finally:
-    tf.config.optimizer.set_experimental_options({key: before})
-
-
-class SavedModelModel:
-  """Runs a SavedModel's `serve_images` signature, one call per run of equal-size images.
-
-  Args:
-    path: the SavedModel folder.
-    bfloat16: let oneDNN run this model's convolutions in bfloat16 (auto mixed precision):
-      ~1.5-2x images/s on CPUs with AVX512-BF16 or AMX, landmarks within a fraction of a pixel
-      (benchmarks/speed.py); TF leaves the graph float32 on other CPUs.
-  """
-
-  def __init__(self, path, bfloat16=False):
-    self.path = path
-    self.bfloat16 = bool(bfloat16)
-    try:
-      self._loaded = tf.saved_model.load(path)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"{path}: cannot load the SavedModel ({type(e).__name__}: "
-                       f"{_first_line(e)}); re-export it with `python -m aop_tf.export`.") from None
-    if serving.SERVE_IMAGES not in self._loaded.signatures:
-      raise ValueError(f"{path} has no {serving.SERVE_IMAGES!r} signature (has "
-                       f"{sorted(self._loaded.signatures)}); export it with "
-                       "`python -m aop_tf.export`.")
-    self._fn = self._loaded.signatures[serving.SERVE_IMAGES]
-
-  def predict(self, images):
-    """list of uint8 [H, W, C] -> dict of numpy arrays stacked over the list (`OUTPUT_KEYS`)."""
-    images = [as_model_input(image, f"image {i}") for i, image in enumerate(images)]
-    if not images:
-      return _empty_outputs(self._fn.structured_outputs["heatmaps"].shape)
-    parts = []
-    start = 0
-    while start < len(images):
-      end = start + 1
-      while end < len(images) and images[end].shape == images[start].shape:
-        end += 1
-      with bfloat16_graphs(self.bfloat16):
-        out = self._fn(images=tf.constant(np.stack(images[start:end])))
-      parts.append({k: out[k].numpy() for k in serving.OUTPUT_KEYS})
-      start = end
-    return {k: np.concatenate([p[k] for p in parts]) for k in serving.OUTPUT_KEYS}
-
-
-def _first_line(error):
-  text = getattr(error, "message", None) or str(error)
-  lines = [line for line in text.splitlines() if line.strip()]
-  return lines[0] if lines else type(error).__name__
-
-
-def load_exported(path, num_threads=None, num_interpreters=1, bfloat16=False):
-  """A SavedModel folder, an export folder (SavedModel preferred) or a `.tflite` file -> model.
-
-  `num_threads` and `num_interpreters` are for TFLite (see `TFLiteModel`), `bfloat16` for a
-  SavedModel (see `SavedModelModel`).
-  """
-  if os.path.isfile(path) and path.endswith(".tflite"):
-    return TFLiteModel(path, num_threads, num_interpreters)
-  if os.path.isdir(path):
-    if os.path.exists(os.path.join(path, SAVED_MODEL_FILE)):
-      return SavedModelModel(path, bfloat16)
-    if os.path.exists(os.path.join(path, TFLITE_FILE)):
-      return TFLiteModel(os.path.join(path, TFLITE_FILE), num_threads, num_interpreters)
-  raise FileNotFoundError(f"--model={path} is neither a SavedModel folder (with {SAVED_MODEL_FILE})"
-                          " nor a .tflite file; create one with `python -m aop_tf.export`.")
 
 
 def find_inputs(specs):
@@ -307,7 +118,7 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
   """Predicts every file; unreadable ones are skipped and reported, never abort the run.
 
   Args:
-    model: `load_exported` result (anything with `predict(list of uint8 [H,W,C]) -> dict`).
+    model: a `predictor.Predictor` (anything with `predict(list of uint8 [H,W,C]) -> dict`).
     paths: image file paths.
     batch_size: images per model call (equal-size runs within a batch go in one call).
     num_workers: reader/decoder threads.
@@ -345,7 +156,7 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
           good_paths.append(path)
         except Exception as e:  # pylint: disable=broad-except
           reason = str(e) if isinstance(e, ValueError) else (
-              f"{path}: cannot read ({type(e).__name__}: {_first_line(e)})")
+              f"{path}: cannot read ({type(e).__name__}: {predictor_lib.first_line(e)})")
           failures.append((path, reason))
           tqdm.write(f"[predict] skipped {reason}", file=sys.stderr)
       if images:
@@ -372,7 +183,7 @@ def _predict_batch(model, paths, images, failures):
       ok_images.append(image)
     except Exception as e:  # pylint: disable=broad-except
       reason = (f"{path}: the model failed on this {image.shape} image ({type(e).__name__}: "
-                f"{_first_line(e)})")
+                f"{predictor_lib.first_line(e)})")
       failures.append((path, reason))
       tqdm.write(f"[predict] skipped {reason}", file=sys.stderr)
   if not parts:
@@ -435,7 +246,7 @@ def overlay_writer(overlay_dir, common_root=None):
         visualize.save_png(name_for(path), rgb)
       except (ValueError, OSError, MemoryError, cv2.error) as e:  # The prediction stands.
         tqdm.write(f"[predict] warning: no overlay for {path} ({type(e).__name__}: "
-                   f"{_first_line(e)})", file=sys.stderr)
+                   f"{predictor_lib.first_line(e)})", file=sys.stderr)
 
   return on_batch
 
@@ -445,7 +256,8 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   """Defined only when run as a program, so importing the module defines no global flags."""
-  flags.DEFINE_string("model", None, "SavedModel folder (saved_models/<name>) or .tflite file.")
+  flags.DEFINE_string("model", None, "SavedModel folder (saved_models/<name>), .tflite file or "
+                      "training directory.")
   flags.DEFINE_list("inputs", None, "Image files, folders (searched recursively) or globs, "
                     "comma separated.")
   flags.DEFINE_string("output", None, "Output file (.csv or .json).")
@@ -482,8 +294,9 @@ def main(argv):
   for spec in unmatched:
     print(f"[predict] warning: --inputs entry {spec!r} matched no image file", file=sys.stderr)
   interpreters = FLAGS.num_interpreters or min(os.cpu_count() or 1, max(1, FLAGS.batch_size))
-  bfloat16 = native_bfloat16() if FLAGS.bfloat16 is None else FLAGS.bfloat16
-  model = load_exported(FLAGS.model, FLAGS.num_threads, interpreters, bfloat16)
+  bfloat16 = predictor_lib.native_bfloat16() if FLAGS.bfloat16 is None else FLAGS.bfloat16
+  model = predictor_lib.load(FLAGS.model, bfloat16=bfloat16, num_threads=FLAGS.num_threads,
+                             num_interpreters=interpreters)
   on_batch = None
   if FLAGS.overlay_dir:
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])

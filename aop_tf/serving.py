@@ -1,12 +1,12 @@
 """Serving signatures: thin input adapters around the landmark model and the shared decoder.
 
 The model does not know how it is served. Each adapter turns one kind of raw input into the
-model's input (`data.preprocess_image`, the one resize), runs the model, and decodes with
-`decode.decode_outputs` (the one decoder), so every export returns, per image:
+model's input (`data.preprocess_image`, the one resize), runs the model, and decodes with the run's
+`codec.HeatmapCodec` (the one decoder), so every export returns, per image:
 
   landmarks   float32 [B, 3, 2]  `(x, y)` in pixels of that input image, order PS1, PS2, FH1
   aop_deg     float32 [B]        Angle of Progression, degrees (NaN where degenerate)
-  confidence  float32 [B, 3]     heatmap peak heights
+  confidence  float32 [B, 3]     heatmap peaks / heatmap_scale (1 for a target-shaped peak)
   heatmaps    float32 [B, R, R, 3]
 
 Signatures (`SIGNATURES`): `serving_default` takes `images`, tf.string [B] encoded PNG/JPEG/BMP/GIF
@@ -30,8 +30,6 @@ import tensorflow as tf
 
 from aop_tf import NUM_LANDMARKS
 from aop_tf import data
-from aop_tf import decode as decode_lib
-from aop_tf import heatmap
 
 SERVING_DEFAULT = "serving_default"
 SERVE_IMAGES = "serve_images"
@@ -39,61 +37,35 @@ SIGNATURES = (SERVING_DEFAULT, SERVE_IMAGES)
 OUTPUT_KEYS = ("landmarks", "aop_deg", "confidence", "heatmaps")
 
 
-def serving_params(config):
-  """The settings the adapters need, from a training directory's `config.json` dict.
-
-  Returns:
-    dict with `input_size`, `input_channels`, `heatmap_size` (ints), `decode_method` (str),
-    `blur_sigma_cells` (float) and `fh1_method` (str).
-  """
-  pipeline = config.get("pipeline", {})
-  model_kwargs = config.get("model", {})
-  decode = config.get("decode", {})
-  params = {}
-  for key in ("input_size", "input_channels", "heatmap_size"):
-    value = pipeline.get(key, model_kwargs.get(key))
-    if value is None:
-      raise KeyError(f"config.json has no pipeline.{key} (nor model.{key}); re-create it with "
-                     "`python -m aop_tf.train` or add the key by hand.")
-    params[key] = int(value)
-  params["decode_method"] = str(decode.get("method", "dark"))
-  params["blur_sigma_cells"] = float(decode.get("blur_sigma_cells", 0.0))
-  params["fh1_method"] = str(decode.get("fh1_method", "heatmap"))
-  decode_lib.check_fh1_method(params["fh1_method"], int(model_kwargs.get("seg_classes", 0)))
-  if params["decode_method"] not in heatmap.DECODE_METHODS:
-    raise ValueError(f"config.json decode.method {params['decode_method']!r} is not one of "
-                     f"{heatmap.DECODE_METHODS}.")
-  return params
-
-
-def run_and_decode(model, images, size_px, params):
-  """Model + shared decoder on preprocessed images.
+def run_and_decode(model, images, size_px, codec):
+  """Model + the codec's decoder on preprocessed images.
 
   Args:
     model: the Keras landmark model.
     images: float32 [B, S, S, C] 0..255 (`data.preprocess_image` output).
     size_px: float32 [B, 2] `(width, height)` of each original image, pixels.
-    params: `serving_params` dict.
+    codec: the run's `codec.HeatmapCodec`.
 
   Returns:
     dict of `OUTPUT_KEYS` (see the module docstring).
   """
-  outputs = model(images, training=False)
-  maps = tf.cast(decode_lib.heatmaps_of(outputs), tf.float32)
-  landmarks, aop, confidence = decode_lib.decode_outputs(
-      outputs, size_px, params["decode_method"], params["blur_sigma_cells"],
-      params.get("fh1_method", "heatmap"))
-  return {"landmarks": landmarks, "aop_deg": aop, "confidence": confidence, "heatmaps": maps}
+  decoded = codec.decode(model(images, training=False), size_px)
+  return {key: decoded[key] for key in OUTPUT_KEYS}
 
 
-def _at_least_one(model, images, size_px, params):
+def _input_of(model, codec):
+  """`(S, C)`: the model input side (the codec's) and channels (the model's)."""
+  return codec.input_size, int(model.input_shape[-1])
+
+
+def _at_least_one(model, images, size_px, codec):
   """`run_and_decode` that also answers an empty batch: the model (whose batch norm kernels refuse
   B = 0) runs on one padded dummy image and the outputs are cut back to B = 0."""
   n = tf.shape(images)[0]
   pad = tf.maximum(1 - n, 0)
   images = tf.pad(images, [[0, pad], [0, 0], [0, 0], [0, 0]])
   size_px = tf.pad(size_px, [[0, pad], [0, 0]], constant_values=1.0)
-  outputs = run_and_decode(model, images, size_px, params)
+  outputs = run_and_decode(model, images, size_px, codec)
   return {key: value[:n] for key, value in outputs.items()}
 
 
@@ -115,9 +87,9 @@ def _size_px(image):
   return tf.cast(tf.stack([shape[1], shape[0]]), tf.float32)
 
 
-def images_fn(model, params):
+def images_fn(model, codec):
   """`serve_images` adapter: uint8 [B, H, W, C] (one size, C = 1..4) -> outputs dict."""
-  size, channels = params["input_size"], params["input_channels"]
+  size, channels = _input_of(model, codec)
 
   def serve_images(images):
     images = _checked(images)
@@ -125,14 +97,14 @@ def images_fn(model, params):
     shape = tf.shape(images)
     size_px = tf.cast(tf.stack([shape[2], shape[1]]), tf.float32)
     size_px = tf.tile(size_px[None], [shape[0], 1])
-    return _at_least_one(model, prepared, size_px, params)
+    return _at_least_one(model, prepared, size_px, codec)
 
   return serve_images
 
 
-def encoded_fn(model, params):
+def encoded_fn(model, codec):
   """`serving_default` adapter: tf.string [B] encoded images (any sizes, C = 1..4) -> outputs."""
-  size, channels = params["input_size"], params["input_channels"]
+  size, channels = _input_of(model, codec)
 
   def decode_one(encoded):
     # Sizes differ from image to image, so decode and resize one at a time.
@@ -144,7 +116,7 @@ def encoded_fn(model, params):
         decode_one, images,
         fn_output_signature=(tf.TensorSpec([size, size, channels], tf.float32),
                              tf.TensorSpec([2], tf.float32)))
-    return _at_least_one(model, prepared, size_px, params)
+    return _at_least_one(model, prepared, size_px, codec)
 
   return serving_default
 
@@ -191,15 +163,15 @@ def preprocess_image_tflite(image, input_size, input_channels):
   return data.convert_channels(x, input_channels)[None]
 
 
-def tflite_fn(model, params):
+def tflite_fn(model, codec):
   """TFLite adapter: uint8 [1, H, W, C] (any size, C = 1..4) -> outputs dict (batch 1)."""
-  size, channels = params["input_size"], params["input_channels"]
+  size, channels = _input_of(model, codec)
 
   def serve_tflite(images):
     prepared = preprocess_image_tflite(images, size, channels)
     shape = tf.shape(images)
     size_px = tf.cast(tf.stack([shape[2], shape[1]]), tf.float32)[None]
-    return run_and_decode(model, prepared, size_px, params)
+    return run_and_decode(model, prepared, size_px, codec)
 
   return serve_tflite
 
@@ -212,30 +184,28 @@ INPUT_SPECS = {
 TFLITE_SPEC = [tf.TensorSpec([1, None, None, None], tf.uint8, name="images")]
 
 
-def serving_archive(model, config):
+def serving_archive(model, codec):
   """A `keras.export.ExportArchive` with the `serving_default` and `serve_images` endpoints.
 
   Args:
     model: the Keras landmark model (input float32 [B, S, S, C] 0..255, output `heatmaps`).
-    config: the training directory's `config.json` dict.
+    codec: its `codec.HeatmapCodec` (`config.RunSpec.heatmap_codec()`).
 
   Returns:
     The archive; `archive.write_out(path)` writes the SavedModel.
   """
-  params = serving_params(config)
   archive = keras.export.ExportArchive()
   archive.track(model)
-  archive.add_endpoint(SERVING_DEFAULT, encoded_fn(model, params), INPUT_SPECS[SERVING_DEFAULT])
-  archive.add_endpoint(SERVE_IMAGES, images_fn(model, params), INPUT_SPECS[SERVE_IMAGES])
+  archive.add_endpoint(SERVING_DEFAULT, encoded_fn(model, codec), INPUT_SPECS[SERVING_DEFAULT])
+  archive.add_endpoint(SERVE_IMAGES, images_fn(model, codec), INPUT_SPECS[SERVE_IMAGES])
   return archive
 
 
-def tflite_archive(model, config):
+def tflite_archive(model, codec):
   """An archive whose only (`serving_default`) endpoint is the TFLite graph, for the converter."""
-  params = serving_params(config)
   archive = keras.export.ExportArchive()
   archive.track(model)
-  archive.add_endpoint(SERVING_DEFAULT, tflite_fn(model, params), TFLITE_SPEC)
+  archive.add_endpoint(SERVING_DEFAULT, tflite_fn(model, codec), TFLITE_SPEC)
   return archive
 
 

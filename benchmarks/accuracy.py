@@ -68,9 +68,9 @@ def measure(flagfile, model_dir, dataset_dir, train_args=(), checkpoint="latest"
     _run(train_cmd)
   this_call_s = time.monotonic() - start
   state = model_dir_lib.read_json(os.path.join(REPO_ROOT, model_dir, model_dir_lib.STATE_FILE))
-  config = model_dir_lib.read_config(os.path.join(REPO_ROOT, model_dir))
+  spec = model_dir_lib.read_spec(os.path.join(REPO_ROOT, model_dir))
 
-  methods = ["heatmap"] + (["tangent"] if config["model"].get("seg_classes", 0) >= 3 else [])
+  methods = ["heatmap"] + (["tangent"] if spec.model.seg_classes >= 3 else [])
   name = eval_name or f"eval_val_{checkpoint}"
   reports = {}
   for method in methods:

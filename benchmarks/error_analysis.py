@@ -92,7 +92,7 @@ def label_rule_spread(masks, points):
 def _read_split(psfhs_dir, split):
   """(masks uint8 [N, H, W], landmarks float32 [N, 3, 2]) of a raw PSFHS split."""
   import cv2  # pylint: disable=import-outside-toplevel
-  from data_prep import points as points_lib  # pylint: disable=import-outside-toplevel
+  from aop_tf.io import points as points_lib  # pylint: disable=import-outside-toplevel
   with open(os.path.join(psfhs_dir, f"{split}.csv"), newline="") as f:
     rows = list(csv.DictReader(f))
   masks = np.stack([cv2.imread(os.path.join(psfhs_dir, "masks", r["Filename"]),

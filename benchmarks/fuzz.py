@@ -12,8 +12,8 @@ with `csv.writer` into split CSVs, plus `--raw_csvs` whole CSV files mutated at 
 (encodings, BOMs, bit flips, truncation). Then three stages, each in its own process so that a
 crash of a native decoder (a signal) is caught and reported rather than ending the run:
 
-  decode      `data_prep.images.decode_gray` and `aop_tf.predict.read_image` on every image file
-  data_prep   `csv_source.read_rows` + `iter_records` and `data_prep.build.build_dataset` on every
+  decode      `aop_tf.io.images.decode_gray` and `aop_tf.predict.read_image` on every image file
+  data_prep   `aop_tf.io.labels.read_rows` + `iter_records` and `data_prep.build.build_dataset` on every
               CSV: rows read = rows in the file, written + skipped = read, and the two agree
   predict     `aop_tf.predict.predict_files` with a tiny exported model (SavedModel and TFLite):
               rows + failures = files
@@ -280,7 +280,7 @@ def _crash(crashes, where, error):
 def stage_decode(manifest):
   """Each file gets one outcome per reader: decoded, refused (the clear error) or crashed."""
   from aop_tf import predict  # pylint: disable=import-outside-toplevel
-  from data_prep import images  # pylint: disable=import-outside-toplevel
+  from aop_tf.io import images  # pylint: disable=import-outside-toplevel
   readers = {
       "data_prep_read_gray": (lambda p: images.decode_gray(images.read_bytes(p), p),
                               images.ImageError),
@@ -307,13 +307,15 @@ def stage_decode(manifest):
 
 def _prep_one(path, images_dir, out_dir):
   """(row-level summary, build summary or the build's clear error) for one CSV."""
-  from data_prep import InputError, Record, build, csv_source  # pylint: disable=import-outside-toplevel
+  from aop_tf.io import labels  # pylint: disable=import-outside-toplevel
+  from aop_tf.io.records import InputError, Record  # pylint: disable=import-outside-toplevel
+  from data_prep import build  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   try:
-    rows = csv_source.read_rows(path)
+    rows = labels.read_rows(path)
   except ValueError as e:
     return {"file_error": str(e)[:300]}, None
-  items = list(csv_source.iter_records(rows, images_dir, {}, "train"))
+  items = list(labels.iter_records(rows, images_dir, {}, "train"))
   assert all(isinstance(i, (Record, InputError)) for i in items)
   reasons = collections.Counter(i.reason for i in items if isinstance(i, InputError))
   rowwise = {"read": len(rows), "ok": sum(isinstance(i, Record) for i in items),
@@ -380,14 +382,13 @@ def stage_data_prep(manifest, work):
 def stage_predict(manifest, work):
   import keras  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from aop_tf import export, predict  # pylint: disable=import-outside-toplevel
+  from aop_tf import config as config_lib, export, predict, predictor  # pylint: disable=import-outside-toplevel
   from aop_tf.model import build_unet  # pylint: disable=import-outside-toplevel
-  tiny = dict(input_size=64, base_filters=4, depth=2, heatmap_size=16)
-  config = {"model": tiny, "pipeline": dict(tiny, input_channels=1, sigma_cells=1.5),
-            "decode": {"method": "dark", "blur_sigma_cells": 1.0}}
+  spec = config_lib.RunSpec().replace(input_size=64, base_filters=4, depth=2, heatmap_size=16,
+                                      sigma_cells=1.5, decode_method="dark", decode_blur_sigma=1.0)
   keras.utils.set_random_seed(0)
   export_dir = os.path.join(work, "export")
-  export.export(build_unet(**tiny), config, export_dir,
+  export.export(build_unet(**spec.model_kwargs()), spec, export_dir,
                 test_images=[np.full((48, 64, 1), 100, np.uint8)])
   paths = [os.path.join(manifest["images_dir"], n) for n in manifest["image_files"]]
   result = {"inputs": len(paths)}
@@ -396,7 +397,7 @@ def stage_predict(manifest, work):
                         ("tflite", os.path.join(export_dir, "model.tflite"))):
     start = time.perf_counter()
     try:
-      model = predict.load_exported(path)
+      model = predictor.load(path)
       rows, failures = predict.predict_files(model, paths, batch_size=8, num_workers=2,
                                              progress=False)
     except Exception as e:  # pylint: disable=broad-except

@@ -112,7 +112,7 @@ def pair_statistics(mad, label_moves, label_aop_change, pred_moves=None, pred_ao
 
 
 def _read_labels(psfhs_dir, split):
-  from data_prep import points as points_lib  # pylint: disable=import-outside-toplevel
+  from aop_tf.io import points as points_lib  # pylint: disable=import-outside-toplevel
   with open(os.path.join(psfhs_dir, f"{split}.csv"), newline="") as f:
     return {r["Filename"]: np.array([points_lib.parse_point(r[k]) for k in LANDMARK_NAMES],
                                     np.float32) for r in csv.DictReader(f)}

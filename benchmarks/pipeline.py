@@ -64,11 +64,11 @@ def _time_batches(iterator, n_batches):
 
 def _bench_one(dataset_dir, split, input_size, channels, batch_size, augment_on):
   import psutil  # pylint: disable=import-outside-toplevel
-  from aop_tf import augment, data  # pylint: disable=import-outside-toplevel
-  config = data.PipelineConfig(
+  from aop_tf import config as config_lib, data  # pylint: disable=import-outside-toplevel
+  config = config_lib.RunSpec().replace(
       input_size=input_size, input_channels=channels, heatmap_size=FLAGS.heatmap_size,
-      batch_size=batch_size, augment=augment.AugmentConfig() if augment_on else None,
-      with_mask=FLAGS.with_mask, cache=True, seed=0)
+      batch_size=batch_size, augment=augment_on, seg_classes=3 if FLAGS.with_mask else 0,
+      cache=True, seed=0)
   steps = data.steps_per_epoch(dataset_dir, split, config)
   process = psutil.Process()
   rss_before = process.memory_info().rss

@@ -17,7 +17,7 @@ Sections (`--sections`, in this order):
   accuracy  with a trained `--model_dir`: MRE and AoP error of every variant on the split, and
             their drift from the float Keras model (what a speed setting costs in accuracy)
   predict   `python -m aop_tf.predict` end to end over `--predict_images` files, profiled with
-            `aop_tf.profile` (wall time, peak RSS), `--predict_repeats` runs each
+            `benchmarks.profile` (wall time, peak RSS), `--predict_repeats` runs each
   train     training step time, images/s and the share of the step spent waiting for data, for
             `--train_configs` (flagfiles), XLA off and on (`--train_xla`)
 
@@ -137,15 +137,15 @@ def summarize_calls(seconds, batch_size, **fields):
 
 
 def parse_flagfile(name, **overrides):
-  """`train.TrainConfig` of a flagfile (`cpu` -> aop_tf/configs/cpu.cfg), flags overridden."""
-  from aop_tf import train  # pylint: disable=import-outside-toplevel
+  """`config.RunSpec` of a flagfile (`cpu` -> aop_tf/configs/cpu.cfg), flags overridden."""
+  from aop_tf import config as config_lib  # pylint: disable=import-outside-toplevel
   path = name if os.path.exists(name) else os.path.join(CONFIGS, f"{name}.cfg")
   if not os.path.exists(path):
     raise app.UsageError(f"No flagfile {name!r} (nor {path}).")
   values = flags.FlagValues()
-  train.define_flags(values)
+  config_lib.define_flags(values)
   values(["speed", f"--flagfile={path}"] + [f"--{k}={v}" for k, v in overrides.items()])
-  return train.config_from_flags(values)
+  return config_lib.from_flags(values)
 
 
 def random_model_dir(folder, flagfile="cpu", seed=0):
@@ -153,13 +153,11 @@ def random_model_dir(folder, flagfile="cpu", seed=0):
   import keras  # pylint: disable=import-outside-toplevel
   from aop_tf import model as model_lib  # pylint: disable=import-outside-toplevel
   from aop_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
-  from aop_tf import train  # pylint: disable=import-outside-toplevel
-  config = parse_flagfile(flagfile)
+  spec = parse_flagfile(flagfile)
   keras.utils.set_random_seed(seed)
-  model = model_lib.build_unet(**train.model_kwargs(config))
+  model = model_lib.build_unet(**spec.model_kwargs())
   os.makedirs(folder, exist_ok=True)
-  model_dir_lib.write_json(os.path.join(folder, model_dir_lib.CONFIG_FILE),
-                           train.config_json(config))
+  model_dir_lib.write_spec(folder, spec)
   model_dir_lib.save_model(model, model_dir_lib.checkpoint_path(folder, "latest"))
   return folder
 
@@ -221,11 +219,9 @@ def section_peak():
 
 def section_flops():
   from aop_tf import model as model_lib  # pylint: disable=import-outside-toplevel
-  from aop_tf import train  # pylint: disable=import-outside-toplevel
   rows = {}
   for name in ("cpu", "paper"):
-    config = parse_flagfile(name)
-    kwargs = train.model_kwargs(config)
+    kwargs = parse_flagfile(name).model_kwargs()
     model = model_lib.build_unet(**kwargs)
     rows[name] = {"model": kwargs, "params": int(model.count_params()),
                   "gflops_per_image": round(conv_flops(model) / 1e9, 3)}
@@ -259,7 +255,7 @@ def make_exports(model_dir, root, quantizations):
 def section_infer(model_dir, exports, images):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from aop_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
-  from aop_tf import predict  # pylint: disable=import-outside-toplevel
+  from aop_tf import predictor  # pylint: disable=import-outside-toplevel
   from aop_tf import serving  # pylint: disable=import-outside-toplevel
   rows = []
 
@@ -271,13 +267,13 @@ def section_infer(model_dir, exports, images):
 
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   _, name = _checkpoint(model_dir)
-  model, config = model_dir_lib.load_model(model_dir, name)
-  params = serving.serving_params(config)
+  model, spec = model_dir_lib.load_model(model_dir, name)
+  codec = spec.heatmap_codec()
   # XLA compiles the model only: it has no kernel for the antialiased resize (ScaleAndTranslate).
   compiled = tf.function(lambda x: model(x, training=False), jit_compile=True)
   for xla in (False, True):
     body = (lambda x, training=False: compiled(x)) if xla else model
-    fn = tf.function(serving.images_fn(body, params))
+    fn = tf.function(serving.images_fn(body, codec))
     for b in batch_sizes:
       batches = _batches(images, b)
       seconds = time_calls(lambda x: _numpy(fn(x)), batches)
@@ -297,23 +293,23 @@ def section_infer(model_dir, exports, images):
   for quantize, folder in exports.folders.items():
     path = os.path.join(folder, "model.tflite")
     for threads in (1, 2):
-      lite = predict.TFLiteModel(path, num_threads=threads)
+      lite = predictor.TFLitePredictor(path, num_threads=threads)
       seconds = time_calls(lite.predict, singles)
       add(summarize_calls(seconds, 1, backend=f"tflite_{quantize}", threads=threads))
-    parallel = predict.TFLiteModel(path, num_threads=1, num_interpreters=2)
+    parallel = predictor.TFLitePredictor(path, num_threads=1, num_interpreters=2)
     pairs = [images[i:i + 2] for i in range(0, len(images) - 1, 2)]
     seconds = time_calls(parallel.predict, pairs)
     row = summarize_calls(seconds, 2, backend=f"tflite_{quantize}", threads="2x1")
     row["note"] = "2 interpreters of 1 thread, one image each, side by side (predict's default)"
     add(row)
-  with predict.bfloat16_graphs():
+  with predictor.bfloat16_graphs():
     savedmodel_rows("savedmodel_bf16")
   return rows
 
 
 def _checkpoint(model_dir):
-  from aop_tf import export  # pylint: disable=import-outside-toplevel
-  name, path = export.resolve_checkpoint(model_dir, FLAGS.checkpoint)
+  from aop_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
+  name, path = model_dir_lib.resolve_checkpoint(model_dir, FLAGS.checkpoint)
   return path, name
 
 
@@ -336,18 +332,19 @@ def section_accuracy(model_dir, exports, data):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from aop_tf import metrics  # pylint: disable=import-outside-toplevel
   from aop_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
-  from aop_tf import predict  # pylint: disable=import-outside-toplevel
+  from aop_tf import predictor  # pylint: disable=import-outside-toplevel
   from aop_tf import serving  # pylint: disable=import-outside-toplevel
   images, gt_px, size_px = data
   _, name = _checkpoint(model_dir)
-  model, config = model_dir_lib.load_model(model_dir, name)
-  fn = tf.function(serving.images_fn(model, serving.serving_params(config)))
+  model, spec = model_dir_lib.load_model(model_dir, name)
+  fn = tf.function(serving.images_fn(model, spec.heatmap_codec()))
   reference = np.concatenate([fn(tf.constant(image[None]))["landmarks"].numpy()
                               for image in images])
   del model
   variants = [("keras", None)]
-  variants += [("savedmodel", predict.SavedModelModel(next(iter(exports.folders.values()))))]
-  variants += [(f"tflite_{q}", predict.TFLiteModel(os.path.join(f, "model.tflite")))
+  variants += [("savedmodel",
+                predictor.SavedModelPredictor(next(iter(exports.folders.values()))))]
+  variants += [(f"tflite_{q}", predictor.TFLitePredictor(os.path.join(f, "model.tflite")))
                for q, f in exports.folders.items()]
   rows = {}
   for backend, runner in variants:
@@ -356,7 +353,7 @@ def section_accuracy(model_dir, exports, data):
     _log(f"accuracy {backend:<16} MRE {rows[backend]['mre_px']:.2f} px, AoP error "
          f"{rows[backend]['aop_error_deg_mean']:.2f} deg, drift from Keras "
          f"{rows[backend]['drift_px_max']:.3f} px (max)")
-  runner = predict.SavedModelModel(next(iter(exports.folders.values())), bfloat16=True)
+  runner = predictor.SavedModelPredictor(next(iter(exports.folders.values())), bfloat16=True)
   rows["savedmodel_bf16"] = _score(metrics, runner.predict(images)["landmarks"], gt_px, size_px,
                                    reference)
   _log(f"accuracy savedmodel_bf16   MRE {rows['savedmodel_bf16']['mre_px']:.2f} px, AoP error "
@@ -377,8 +374,8 @@ def _score(metrics, pred, gt_px, size_px, reference):
 
 
 def section_predict(exports, tmp):
-  """`python -m aop_tf.predict` over a folder, profiled (aop_tf.profile), repeated."""
-  from aop_tf import profile  # pylint: disable=import-outside-toplevel
+  """`python -m aop_tf.predict` over a folder, profiled (benchmarks.profile), repeated."""
+  from benchmarks import profile  # pylint: disable=import-outside-toplevel
   source = FLAGS.predict_images or os.path.join(
       os.environ.get("AOP_PSFHS_DIR", os.path.join(REPO_ROOT, "..", "shared", "data", "psfhs")),
       "images")
@@ -429,7 +426,7 @@ def section_train(tmp):
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from aop_tf import data  # pylint: disable=import-outside-toplevel
-  from aop_tf import train  # pylint: disable=import-outside-toplevel
+  from aop_tf import task  # pylint: disable=import-outside-toplevel
   data_dir = data.find_dataset_dir(FLAGS.data_dir)
   rows = []
   for name in FLAGS.train_configs:
@@ -440,13 +437,12 @@ def section_train(tmp):
     for xla in settings:
       config = parse_flagfile(name, data_dir=data_dir, jit_compile=xla,
                               model_dir=os.path.join(tmp, "train"))
-      model = train.build_compiled_model(config)
-      pipeline = train.pipeline_config(config)
-      steps_per_epoch = data.steps_per_epoch(data_dir, config.train_split, pipeline)
-      dataset = data.make_dataset(data_dir, config.train_split, pipeline, training=True)
+      model = task.build_compiled_model(config)
+      steps_per_epoch = data.steps_per_epoch(data_dir, config.data.train_split, config)
+      dataset = data.make_dataset(data_dir, config.data.train_split, config, training=True)
       # The trainer's own (x, y) mapping and prefetch.
-      dataset = dataset.map(train._keras_pair(config.seg_classes > 0),  # pylint: disable=protected-access
-                            num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+      dataset = dataset.map(data.to_keras, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+          tf.data.AUTOTUNE)
       iterator = iter(dataset)
       # The first epoch decodes and fills the cache; training runs on the cached epochs after it.
       start = time.perf_counter()
@@ -467,19 +463,20 @@ def section_train(tmp):
         elif step == 0:
           first_step_s = t2 - t0
       step_s = statistics.median(totals)
-      row = {"config": name, "xla": xla, "batch_size": config.batch_size,
-             "input": f"{config.input_size}x{config.input_size}x{config.input_channels}",
-             "augment": config.augment, "steps_timed": steps,
+      row = {"config": name, "xla": xla, "batch_size": config.data.batch_size,
+             "input": f"{config.model.input_size}x{config.model.input_size}x"
+                      f"{config.model.input_channels}",
+             "augment": config.data.augment, "steps_timed": steps,
              "step_s_median": round(step_s, 3),
              "step_s_p90": round(float(np.percentile(totals, 90)), 3),
-             "images_per_s": round(config.batch_size / step_s, 2),
+             "images_per_s": round(config.data.batch_size / step_s, 2),
              "data_wait_fraction": round(sum(waits) / sum(totals), 4),
              "data_wait_ms_median": round(1e3 * statistics.median(waits), 2),
              "first_step_s": round(first_step_s, 1), "cache_fill_epoch_s": round(fill_s, 1),
              "load": _load()}
       rows.append(row)
       _log(f"train {name} xla={'on' if xla else 'off'}: {row['step_s_median']:.3f} s/step "
-           f"(batch {config.batch_size}), {row['images_per_s']:.1f} img/s, data wait "
+           f"(batch {config.data.batch_size}), {row['images_per_s']:.1f} img/s, data wait "
            f"{100 * row['data_wait_fraction']:.2f} % of the step; first step "
            f"{row['first_step_s']} s; load {row['load']}")
       del model, iterator, dataset
@@ -618,7 +615,7 @@ def main(argv):
     raise app.UsageError(f"--quantizations: unknown {bad}; choose from {', '.join(QUANTIZATIONS)}.")
   logging.set_verbosity(logging.WARNING)
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from aop_tf import profile  # pylint: disable=import-outside-toplevel
+  from benchmarks import profile  # pylint: disable=import-outside-toplevel
   sections = [s for s in SECTIONS if s in FLAGS.sections]
   report = {"command": " ".join(["python -m benchmarks.speed"] + sys.argv[1:]),
             "machine": dict(profile.machine_info(), tensorflow=tf.__version__,

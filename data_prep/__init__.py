@@ -1,43 +1,8 @@
 """Data preparation: turns IUGC CSVs, PSFHS-style masks or a synthetic phantom into one TFDS format.
 
 Entry point: `python -m data_prep.build`; library: `data_prep.build.build_dataset`. Every source
-yields `Record`s (or `InputError`s for inputs it had to refuse) that `data_prep.tfds_builder`
-writes with the feature schema of ARCHITECTURE.md ("Data on disk").
+yields `aop_tf.io.records.Record`s (or `InputError`s for inputs it had to refuse) that
+`data_prep.tfds_builder` writes with the feature schema of ARCHITECTURE.md ("Data on disk").
+`data_prep` builds on `aop_tf` (its image and label readers, `aop_tf.io`, and the geometry); `aop_tf`
+never imports `data_prep`.
 """
-
-import dataclasses
-import typing
-
-import numpy as np
-
-SPLITS = ("train", "val", "test")
-
-
-class InputError(ValueError):
-  """One input (CSV row, image, mask) that cannot be used; the message names it and says why.
-
-  Attributes:
-    reason: short category for the build summary, e.g. "bad point", "duplicate filename".
-  """
-
-  def __init__(self, message, reason="invalid input"):
-    super().__init__(message)
-    self.reason = reason
-
-
-@dataclasses.dataclass
-class Record:
-  """One example before serialisation.
-
-  Attributes:
-    filename: path relative to the image folder (POSIX separators).
-    image: uint8 [H, W] gray, original size.
-    landmarks: float32 [3, 2] `(x, y)` original pixels, order PS1, PS2, FH1.
-    mask: uint8 [H, W] labels (0 bg, 1 pubic symphysis, 2 fetal head), or None.
-    where: where it came from, for messages (e.g. "train.csv line 7").
-  """
-  filename: str
-  image: np.ndarray
-  landmarks: np.ndarray
-  mask: typing.Optional[np.ndarray] = None
-  where: str = ""

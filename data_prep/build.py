@@ -24,7 +24,8 @@ import time
 import numpy as np
 
 from aop_tf import geometry
-from data_prep import SPLITS, InputError, phantom, tfds_builder
+from aop_tf.io.records import SPLITS, InputError
+from data_prep import phantom, tfds_builder
 
 SOURCES = ("csv", "masks", "phantom")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,15 +105,15 @@ def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, p
 
   seen = {}  # filename -> split, shared so that a file is used by one split only
   if source == "csv":
-    from data_prep import csv_source  # pylint: disable=import-outside-toplevel
-    csv_paths = csv_source.find_split_csvs(data_dir, parse_split_map(csv))
-    folder = image_dir or csv_source.default_image_dir(data_dir)
+    from aop_tf.io import labels  # pylint: disable=import-outside-toplevel
+    csv_paths = labels.find_split_csvs(data_dir, parse_split_map(csv))
+    folder = image_dir or labels.default_image_dir(data_dir)
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"--image_dir {folder} is not a folder")
     splits = {}
     for split, path in csv_paths.items():
-      rows = csv_source.read_rows(path, csv_encoding)
-      splits[split] = (len(rows), csv_source.iter_records(rows, folder, seen, split))
+      rows = labels.read_rows(path, csv_encoding)
+      splits[split] = (len(rows), labels.iter_records(rows, folder, seen, split))
     return splits, f"IUGC-format CSVs {sorted(csv_paths.values())}, images in {folder}."
 
   if source == "masks":

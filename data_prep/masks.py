@@ -12,8 +12,10 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from aop_tf import geometry
-from data_prep import SPLITS, InputError, Record, csv_source, images
+from aop_tf import tangent
+from aop_tf.io import images
+from aop_tf.io import labels
+from aop_tf.io.records import SPLITS, InputError, Record
 
 PS_LABEL, FH_LABEL = 1, 2
 BLOCK_SIZE = 40  # PSFHS neighbours are often frames of one subject: split by blocks, not files
@@ -23,10 +25,11 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _MAX_DENSE_POINTS = 3000
 
 
-# geometry.angle_deg as one graph call per mask (eager dispatch of its ~20 ops dominated the time).
-_contour_angles = tf.function(geometry.angle_deg, input_signature=[
+# The FH1 rule of the decoder (`tangent.tangent_point`) as one graph call per mask (eager dispatch
+# of its ops dominated the time).
+_tangent_point = tf.function(tangent.tangent_point, input_signature=[
     tf.TensorSpec([1, 2], tf.float32), tf.TensorSpec([1, 2], tf.float32),
-    tf.TensorSpec([None, 2], tf.float32)])
+    tf.TensorSpec([1, None, 2], tf.float32), tf.TensorSpec([1, None], tf.bool)])
 
 
 def _largest_contour(binary):
@@ -57,8 +60,8 @@ def landmarks_from_mask(mask, where="mask"):
   PS1/PS2: the two farthest-apart points of the largest (by area) outer contour of label 1
   (`cv2.findContours`, RETR_EXTERNAL, CHAIN_APPROX_NONE), PS1 the one with larger x (equal x: the
   upper one). FH1: the point of the largest outer contour of label 2 that maximises the angle
-  PS2-PS1-q (`geometry.angle_deg`), ties to the point nearest PS1, then to the first in contour
-  order.
+  PS2-PS1-q, ties to the point nearest PS1, then to the first in contour order
+  (`tangent.tangent_point`, the decoder's rule too).
 
   Args:
     mask: uint8 [H, W] labels.
@@ -84,13 +87,11 @@ def landmarks_from_mask(mask, where="mask"):
     ps1, ps2 = b, a
   if np.array_equal(ps1, ps2):
     raise InputError(f"{where}: pubic symphysis is a single pixel; PS1 = PS2", "mask rule")
-  angles = _contour_angles(ps1[None].astype(np.float32), ps2[None].astype(np.float32),
-                           head.astype(np.float32)).numpy()
-  angles = np.where(np.isnan(angles), -1.0, angles)  # q == PS1 (head touching PS1) never wins
-  best = np.flatnonzero(angles == angles.max())
-  d2 = np.sum((head[best] - ps1) ** 2, axis=-1)
-  fh1 = head[best[int(np.argmin(d2))]]
-  return np.stack([ps1, ps2, fh1]).astype(np.float32)
+  fh1, found = _tangent_point(ps1[None].astype(np.float32), ps2[None].astype(np.float32),
+                              head[None].astype(np.float32), np.ones((1, len(head)), bool))
+  if not bool(found[0]):  # the whole head contour lies on PS1
+    raise InputError(f"{where}: the fetal head touches PS1 only; no tangent point", "mask rule")
+  return np.stack([ps1, ps2, fh1.numpy()[0]]).astype(np.float32)
 
 
 def _list_images(folder):
@@ -135,11 +136,11 @@ def split_by_blocks(names, weights, block_size=BLOCK_SIZE):
 
 
 def split_filenames(data_dir, csv_map=None, split_spec=None, encoding="auto"):
-  """{split: [`csv_source.Row`]} of image file names, from the split CSVs (Filename column) in
+  """{split: [`labels.Row`]} of image file names, from the split CSVs (Filename column) in
   `data_dir` or `csv_map` (read in `encoding`), else from `split_spec` over `data_dir/images`."""
-  csvs = csv_source.find_split_csvs(data_dir, csv_map, required=False)
+  csvs = labels.find_split_csvs(data_dir, csv_map, required=False)
   if csvs and not split_spec:
-    return {split: csv_source.read_filenames(path, encoding) for split, path in csvs.items()}
+    return {split: labels.read_filenames(path, encoding) for split, path in csvs.items()}
   if not split_spec:
     raise FileNotFoundError(f"no train.csv/val.csv/test.csv in {data_dir} to take the splits "
                             "from; pass --csv=train:a.csv,... or --split_spec=train:80,val:20")
@@ -150,15 +151,15 @@ def split_filenames(data_dir, csv_map=None, split_spec=None, encoding="auto"):
   names = _list_images(image_dir)
   by_split = split_by_blocks(names, parse_split_spec(split_spec))
   where = f"{image_dir} (split_spec)"
-  return {split: [csv_source.Row(where, i + 1, name, {}) for i, name in enumerate(split_names)]
+  return {split: [labels.Row(where, i + 1, name, {}) for i, name in enumerate(split_names)]
           for split, split_names in by_split.items()}
 
 
 def _record(row, data_dir):
   where = f"{row.csv_path} line {row.line}"
-  image_path, relative = csv_source.resolve_in_folder(
+  image_path, relative = labels.resolve_in_folder(
       os.path.join(data_dir, "images"), row.filename, where)
-  mask_path, _ = csv_source.resolve_in_folder(os.path.join(data_dir, "masks"), relative, where,
+  mask_path, _ = labels.resolve_in_folder(os.path.join(data_dir, "masks"), relative, where,
                                               kind="mask")
   try:
     image = images.read_gray(image_path)
@@ -168,9 +169,9 @@ def _record(row, data_dir):
   if mask.shape != image.shape:
     raise InputError(f"{where}: mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but the image "
                      f"is {image.shape[1]}x{image.shape[0]}", "mask size")
-  labels = np.unique(mask)
-  if np.any(labels > FH_LABEL):
-    raise InputError(f"{where}: mask {mask_path} has labels {labels.tolist()}; expected 0 bg, "
+  values = np.unique(mask)
+  if np.any(values > FH_LABEL):
+    raise InputError(f"{where}: mask {mask_path} has labels {values.tolist()}; expected 0 bg, "
                      "1 pubic symphysis, 2 fetal head", "mask labels")
   landmarks = landmarks_from_mask(mask, f"{where}: mask {mask_path}")
   return Record(filename=relative, image=image, landmarks=landmarks, mask=mask, where=where)
@@ -181,9 +182,9 @@ def iter_records(data_dir, rows, seen, split):
 
   Args:
     data_dir: folder with `images/` and `masks/`.
-    rows: `csv_source.Row`s from `split_filenames` (only `filename`, `csv_path`, `line` used).
+    rows: `labels.Row`s from `split_filenames` (only `filename`, `csv_path`, `line` used).
     seen: {filename: "split (...)"} of accepted files, shared across splits;
       duplicates are refused.
     split: the split name, for messages.
   """
-  return csv_source.unique_records(rows, seen, split, lambda row: _record(row, data_dir))
+  return labels.unique_records(rows, seen, split, lambda row: _record(row, data_dir))

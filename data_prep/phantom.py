@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from aop_tf import geometry
-from data_prep import Record
+from aop_tf.io.records import Record
 
 # AoP range the sampler accepts, degrees (the clinical range of the real data is ~90..160).
 AOP_RANGE_DEG = (90.0, 160.0)

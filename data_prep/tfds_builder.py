@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_prep import images
+from aop_tf.io import images
 
 DATASET_NAME = "aop_landmarks"
 VERSION = "1.0.0"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aop_tf import augment, data, geometry
+from aop_tf import augment, config, data, geometry
 
 # Geometry only: intensity changes off, always warp, strong enough to matter.
-AFFINE_ONLY = augment.AugmentConfig(affine_prob=1.0, rotation_deg=25.0, scale_range=(0.8, 1.25),
-                                    translate_frac=0.1, intensity_prob=0.0)
+AFFINE_ONLY = config.AugmentSpec(affine_prob=1.0, rotation_deg=25.0, scale_range=(0.8, 1.25),
+                                 translate_frac=0.1, intensity_prob=0.0)
 
 
 def _warp_forward(image, forward, interpolation="bilinear"):
@@ -162,7 +162,7 @@ def test_phantom_mask_labels_follow_the_image():
 def test_stateless_and_seeded():
   image = np.random.default_rng(0).uniform(0, 255, (32, 32, 1)).astype(np.float32)
   points = np.array([[10.0, 12.0], [20.0, 8.0], [16.0, 25.0]], np.float32)
-  cfg = augment.AugmentConfig(affine_prob=1.0, intensity_prob=1.0)
+  cfg = config.AugmentSpec(affine_prob=1.0, intensity_prob=1.0)
   seed = augment.example_seed(3, 1, 7)
   a = augment.augment(image, points, seed, cfg)
   b = augment.augment(image, points, augment.example_seed(3, 1, 7), cfg)
@@ -174,7 +174,7 @@ def test_stateless_and_seeded():
 
 
 def test_keep_landmarks_inside():
-  cfg = augment.AugmentConfig(affine_prob=1.0, translate_frac=0.45, max_tries=3)
+  cfg = config.AugmentSpec(affine_prob=1.0, translate_frac=0.45, max_tries=3)
   points = np.array([[2.0, 3.0], [60.0, 61.0], [30.0, 30.0]], np.float32)
   identity = 0
   for i in range(40):
@@ -188,24 +188,24 @@ def test_keep_landmarks_inside():
 def test_intensity():
   image = np.random.default_rng(1).uniform(0, 255, (24, 24, 1)).astype(np.float32)
   seed = tf.constant([1, 2], tf.int64)
-  off = augment.AugmentConfig(intensity_prob=0.0)
+  off = config.AugmentSpec(intensity_prob=0.0)
   np.testing.assert_array_equal(augment.random_intensity(image, seed, off), image)
-  neutral = augment.AugmentConfig(intensity_prob=1.0, brightness=0.0, contrast=0.0,
-                                  gamma_range=(1.0, 1.0), noise_std=0.0)
+  neutral = config.AugmentSpec(intensity_prob=1.0, brightness=0.0, contrast=0.0,
+                               gamma_range=(1.0, 1.0), noise_std=0.0)
   np.testing.assert_allclose(augment.random_intensity(image, seed, neutral), image, atol=1e-3)
-  strong = augment.AugmentConfig(intensity_prob=1.0, brightness=0.5, contrast=0.9,
-                                 gamma_range=(0.3, 3.0), noise_std=50.0)
+  strong = config.AugmentSpec(intensity_prob=1.0, brightness=0.5, contrast=0.9,
+                              gamma_range=(0.3, 3.0), noise_std=50.0)
   out = augment.random_intensity(image, seed, strong).numpy()
   assert out.min() >= 0.0 and out.max() <= 255.0 and not np.allclose(out, image)
 
 
 def test_random_erase_blanks_boxes_of_the_drawn_size_and_nothing_else():
   image = np.random.default_rng(2).uniform(1, 255, (64, 48, 1)).astype(np.float32)
-  off = augment.AugmentConfig(erase_prob=0.0)
+  off = config.AugmentSpec(erase_prob=0.0)
   np.testing.assert_array_equal(augment.random_erase(image, tf.constant([1, 2], tf.int64), off),
                                 image)
-  cfg = augment.AugmentConfig(erase_prob=1.0, erase_boxes=1, erase_area_range=(0.05, 0.05),
-                              erase_aspect_range=(1.0, 1.0), fill_value=0.0)
+  cfg = config.AugmentSpec(erase_prob=1.0, erase_boxes=1, erase_area_range=(0.05, 0.05),
+                           erase_aspect_range=(1.0, 1.0), fill_value=0.0)
   side = np.sqrt(0.05 * 64 * 48)  # 12.4 px
   for i in range(20):
     out = augment.random_erase(image, augment.example_seed(0, 0, i), cfg).numpy()
@@ -220,23 +220,42 @@ def test_random_erase_blanks_boxes_of_the_drawn_size_and_nothing_else():
     assert blank.sum() == height * width  # a rectangle
     if 0 < rows.min() and rows.max() < 63:
       assert height >= np.floor(side)
-  many = augment.AugmentConfig(erase_prob=1.0, erase_boxes=3, erase_area_range=(0.01, 0.02))
+  many = config.AugmentSpec(erase_prob=1.0, erase_boxes=3, erase_area_range=(0.01, 0.02))
   counts = set()
   for i in range(30):
     out = augment.random_erase(image, augment.example_seed(0, 1, i), many).numpy()
     counts.add(int((out == 0.0).sum() > 0.021 * 64 * 48))  # more than one box's largest area
     assert (out == 0.0).mean() <= 3 * 0.02 + 1e-6
   assert counts == {0, 1}  # sometimes one box, sometimes more
-  half = augment.AugmentConfig(erase_prob=0.5)
+  half = config.AugmentSpec(erase_prob=0.5)
   erased = [not np.array_equal(augment.random_erase(image, augment.example_seed(1, 0, i), half),
                                image) for i in range(60)]
   assert 15 < sum(erased) < 45
 
 
+def test_erased_boxes_take_the_intensity_changes_like_the_rest():
+  # The documented order (augment.random_erase): erase, then gain/contrast/noise, as in a shadow.
+  image = np.random.default_rng(4).uniform(60, 200, (32, 32, 1)).astype(np.float32)
+  points = np.array([[10.0, 12.0], [20.0, 8.0], [16.0, 25.0]], np.float32)
+  cfg = config.AugmentSpec(affine_prob=0.0, intensity_prob=1.0, brightness=0.2, contrast=0.0,
+                           gamma_range=(1.0, 1.0), noise_std=0.0, erase_prob=1.0,
+                           erase_area_range=(0.1, 0.1))
+  lifted = 0
+  for i in range(8):
+    seed = augment.example_seed(6, 0, i)
+    out = augment.augment(image, points, seed, cfg)[0].numpy()
+    erased = augment.random_erase(image, seed, cfg).numpy() == 0.0
+    shift = out[~erased] - image[~erased]
+    np.testing.assert_allclose(shift, shift.flat[0], atol=1e-3)  # one brightness shift
+    np.testing.assert_allclose(out[erased], max(0.0, float(shift.flat[0])), atol=1e-3)
+    lifted += float(shift.flat[0]) > 1.0
+  assert lifted > 0  # some boxes end up above the fill value
+
+
 def test_erasing_leaves_the_warp_and_landmarks_alone():
   image = np.random.default_rng(3).uniform(0, 255, (32, 32, 1)).astype(np.float32)
   points = np.array([[10.0, 12.0], [20.0, 8.0], [16.0, 25.0]], np.float32)
-  base = augment.AugmentConfig(affine_prob=1.0, intensity_prob=0.0)
+  base = config.AugmentSpec(affine_prob=1.0, intensity_prob=0.0)
   seed = augment.example_seed(5, 0, 2)
   plain = augment.augment(image, points, seed, base)
   erased = augment.augment(image, points, seed, dataclasses.replace(base, erase_prob=1.0))
@@ -246,21 +265,18 @@ def test_erasing_leaves_the_warp_and_landmarks_alone():
   assert changed.any() and np.all(erased[0].numpy()[changed] == base.fill_value)
 
 
-def test_config_validation_and_round_trip():
-  cfg = augment.AugmentConfig(scale_range=[0.9, 1.2])
+def test_config_validation_names_the_flag():
+  cfg = config.AugmentSpec(scale_range=[0.9, 1.2])
   assert cfg.scale_range == (0.9, 1.2)
-  assert augment.AugmentConfig.from_dict(cfg.to_dict()) == cfg
-  with pytest.raises(ValueError, match="affine_prob"):
-    augment.AugmentConfig(affine_prob=1.5)
-  with pytest.raises(ValueError, match="gamma_range"):
-    augment.AugmentConfig(gamma_range=(1.2, 0.8))
-  with pytest.raises(ValueError, match="erase_prob"):
-    augment.AugmentConfig(erase_prob=-0.1)
-  with pytest.raises(ValueError, match="erase_boxes"):
-    augment.AugmentConfig(erase_boxes=0)
-  with pytest.raises(ValueError, match="erase_area_range"):
-    augment.AugmentConfig(erase_area_range=(0.1, 1.5))
-  assert augment.AugmentConfig(erase_aspect_range=[0.5, 2]).erase_aspect_range == (0.5, 2.0)
-  with pytest.raises(ValueError, match="Unknown AugmentConfig keys"):
-    augment.AugmentConfig.from_dict({"rotation": 3})
+  with pytest.raises(ValueError, match="--aug_affine_prob"):
+    config.AugmentSpec(affine_prob=1.5)
+  with pytest.raises(ValueError, match="--aug_gamma_range"):
+    config.AugmentSpec(gamma_range=(1.2, 0.8))
+  with pytest.raises(ValueError, match="--aug_erase_prob"):
+    config.AugmentSpec(erase_prob=-0.1)
+  with pytest.raises(ValueError, match="--aug_erase_boxes"):
+    config.AugmentSpec(erase_boxes=0)
+  with pytest.raises(ValueError, match="--aug_erase_area_range"):
+    config.AugmentSpec(erase_area_range=(0.1, 1.5))
+  assert config.AugmentSpec(erase_aspect_range=[0.5, 2]).erase_aspect_range == (0.5, 2.0)
   assert dataclasses.replace(cfg, rotation_deg=1.0).rotation_deg == 1.0

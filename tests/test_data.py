@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aop_tf import augment, data, heatmap
+from aop_tf import config, data
 
 N_TRAIN, N_VAL = 10, 6
 
@@ -34,6 +34,17 @@ def psfhs_dir(tmp_path_factory):
   out = tmp_path_factory.mktemp("psfhs_ds")
   return raw, build.build_dataset("csv", data_dir=raw, out_dir=str(out),
                                   limit={"train": 16, "val": 12}, verbose=False)
+
+
+def _spec(with_mask=False, **flags):
+  """A run spec with some knobs changed (by flag name); masks come with a segmentation head. The
+  decoder goes to full size, so that any heatmap size is a valid model."""
+  return config.RunSpec().replace(seg_classes=3 if with_mask else 0, decode_method="dark",
+                                  decode_to_full=True, **flags)
+
+
+def _decode(spec, batch):
+  return spec.heatmap_codec().decode(batch["heatmaps"], batch["size_px"])
 
 
 def _batches(ds, n):
@@ -136,8 +147,8 @@ def test_preprocess_image_rejects_bad_channels():
 
 
 def test_eval_batches_shapes_dtypes_and_file_order(data_dir):
-  cfg = data.PipelineConfig(input_size=128, input_channels=3, heatmap_size=32, batch_size=4,
-                            with_mask=True)
+  cfg = _spec(input_size=128, input_channels=3, heatmap_size=32, batch_size=4,
+              with_mask=True)
   batches = _batches(data.make_dataset(data_dir, "val", cfg, training=False), 10)
   assert [len(b["filename"]) for b in batches] == [4, 2]
   b = batches[0]
@@ -155,7 +166,7 @@ def test_eval_batches_shapes_dtypes_and_file_order(data_dir):
 
 
 def test_eval_matches_preprocess_image_and_source(data_dir):
-  cfg = data.PipelineConfig(input_size=96, heatmap_size=24, batch_size=N_VAL, with_mask=True)
+  cfg = _spec(input_size=96, heatmap_size=24, batch_size=N_VAL, with_mask=True)
   b = _batches(data.make_dataset(data_dir, "val", cfg, training=False), 1)[0]
   for i, ex in enumerate(data.load_split(data_dir, "val")):
     np.testing.assert_array_equal(b["image"][i], data.preprocess_image(ex["image"], 96, 1))
@@ -171,20 +182,20 @@ def test_eval_matches_preprocess_image_and_source(data_dir):
 
 @pytest.mark.parametrize("input_size,heatmap_size", [(256, 64), (128, 64), (64, 48)])
 def test_heatmap_targets_decode_to_landmarks(data_dir, input_size, heatmap_size):
-  cfg = data.PipelineConfig(input_size=input_size, heatmap_size=heatmap_size, sigma_cells=1.5,
-                            batch_size=N_VAL)
+  cfg = _spec(input_size=input_size, heatmap_size=heatmap_size, sigma_cells=1.5,
+              batch_size=N_VAL)
   b = _batches(data.make_dataset(data_dir, "val", cfg, training=False), 1)[0]
-  landmarks, _, peak = heatmap.decode_landmarks(b["heatmaps"], b["size_px"], "dark")
-  np.testing.assert_allclose(landmarks, b["landmarks"], atol=0.05)
-  assert np.all(peak.numpy() > 0.7)
+  decoded = _decode(cfg, b)
+  np.testing.assert_allclose(decoded["landmarks"], b["landmarks"], atol=0.05)
+  assert np.all(decoded["confidence"].numpy() > 0.7)
 
 
 # --- training datasets --------------------------------------------------------------------------
 
 
 def test_training_is_epoch_keyed_and_deterministic(data_dir):
-  cfg = data.PipelineConfig(input_size=64, heatmap_size=16, batch_size=3, seed=7,
-                            augment=augment.AugmentConfig())
+  cfg = _spec(input_size=64, heatmap_size=16, batch_size=3, seed=7,
+              augment=True)
   steps = data.steps_per_epoch(data_dir, "train", cfg)
   assert steps == N_TRAIN // 3
   run = _batches(data.make_dataset(data_dir, "train", cfg, training=True), 4 * steps)
@@ -201,14 +212,14 @@ def test_training_is_epoch_keyed_and_deterministic(data_dir):
     orders.append(files)
   assert len({tuple(o) for o in orders}) > 1
   # Another seed gives another stream.
-  other = _batches(data.make_dataset(data_dir, "train", data.PipelineConfig(
-      input_size=64, heatmap_size=16, batch_size=3, seed=8, augment=augment.AugmentConfig()),
+  other = _batches(data.make_dataset(data_dir, "train", _spec(
+      input_size=64, heatmap_size=16, batch_size=3, seed=8, augment=True),
       training=True), steps)
   assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(run, other))
 
 
 def test_block_shuffle_is_epoch_keyed_too(data_dir):
-  cfg = data.PipelineConfig(input_size=32, heatmap_size=8, batch_size=2, shuffle_buffer=4, seed=1)
+  cfg = _spec(input_size=32, heatmap_size=8, batch_size=2, shuffle_buffer=4, seed=1)
   steps = N_TRAIN // 2
   run = _batches(data.make_dataset(data_dir, "train", cfg, training=True), 3 * steps)
   _assert_same(run[steps:], _batches(
@@ -222,7 +233,7 @@ def test_block_shuffle_is_epoch_keyed_too(data_dir):
 
 
 def test_training_without_augmentation_keeps_targets(data_dir):
-  cfg = data.PipelineConfig(input_size=64, heatmap_size=32, batch_size=5)
+  cfg = _spec(input_size=64, heatmap_size=32, batch_size=5)
   ds = data.make_dataset(data_dir, "train", cfg, training=True)
   by_name = {ex["filename"].numpy(): ex for ex in data.load_split(data_dir, "train")}
   for b in _batches(ds, 3):
@@ -232,16 +243,15 @@ def test_training_without_augmentation_keeps_targets(data_dir):
 
 
 def test_augmented_targets_follow_landmarks(data_dir):
-  aug = augment.AugmentConfig(affine_prob=1.0, rotation_deg=20.0, translate_frac=0.1)
-  cfg = data.PipelineConfig(input_size=128, heatmap_size=64, sigma_cells=1.5, batch_size=5,
-                            augment=aug, with_mask=True, seed=3)
+  cfg = _spec(input_size=128, heatmap_size=64, sigma_cells=1.5, batch_size=5, augment=True,
+              aug_affine_prob=1.0, aug_rotation_deg=20.0, aug_translate_frac=0.1, with_mask=True,
+              seed=3)
   b = _batches(data.make_dataset(data_dir, "train", cfg, training=True), 1)[0]
   by_name = {ex["filename"].numpy(): ex for ex in data.load_split(data_dir, "train")}
   moved = [not np.allclose(lm, by_name[n]["landmarks"]) for n, lm in zip(b["filename"],
                                                                         b["landmarks"])]
   assert all(moved)
-  landmarks, _, _ = heatmap.decode_landmarks(b["heatmaps"], b["size_px"], "dark")
-  np.testing.assert_allclose(landmarks, b["landmarks"], atol=0.05)
+  np.testing.assert_allclose(_decode(cfg, b)["landmarks"], b["landmarks"], atol=0.05)
   # The warped mask still labels the landmark surroundings: FH1 sits on the head (label 2).
   cells = np.rint(b["landmarks_cells"]).astype(int)
   for mask, c in zip(b["mask"], cells):
@@ -250,30 +260,21 @@ def test_augmented_targets_follow_landmarks(data_dir):
 
 
 def test_to_keras(data_dir):
-  cfg = data.PipelineConfig(input_size=64, heatmap_size=16, batch_size=2, with_mask=True)
+  cfg = _spec(input_size=64, heatmap_size=16, batch_size=2, with_mask=True)
   b = next(iter(data.make_dataset(data_dir, "val", cfg, training=False)))
   x, y = data.to_keras(b)
   assert x is b["image"] and set(y) == {"heatmaps", "segmentation"}
-  x, y, w = data.to_keras(b, mask_sample_weight=True)
-  assert w["segmentation"].shape == (2,)
-  cfg = data.PipelineConfig(input_size=64, heatmap_size=16, batch_size=2)
+  np.testing.assert_array_equal(y["segmentation"], b["mask"])  # phantom masks are real
+  unmasked = dict(b, has_mask=tf.constant([False, True]))
+  labels = data.to_keras(unmasked)[1]["segmentation"].numpy()
+  assert (labels[0] == -1).all() and (labels[1] == b["mask"][1].numpy()).all()
+  cfg = _spec(input_size=64, heatmap_size=16, batch_size=2)
   x, y = data.to_keras(next(iter(data.make_dataset(data_dir, "val", cfg, training=False))))
   assert set(y) == {"heatmaps"}
 
 
-def test_pipeline_config_round_trip_and_errors():
-  cfg = data.PipelineConfig(input_size=128, augment=augment.AugmentConfig(rotation_deg=5.0))
-  d = cfg.to_dict()
-  import json
-  assert data.PipelineConfig.from_dict(json.loads(json.dumps(d))) == cfg
-  with pytest.raises(ValueError, match="Unknown PipelineConfig keys"):
-    data.PipelineConfig.from_dict({"input_sise": 3})
-  with pytest.raises(ValueError, match="input_channels"):
-    data.PipelineConfig(input_channels=2)
-
-
 def test_too_small_split_for_a_batch(data_dir):
-  cfg = data.PipelineConfig(input_size=32, heatmap_size=8, batch_size=N_TRAIN + 1)
+  cfg = _spec(input_size=32, heatmap_size=8, batch_size=N_TRAIN + 1)
   with pytest.raises(ValueError, match="fewer than one batch"):
     data.make_dataset(data_dir, "train", cfg, training=True)
 
@@ -285,7 +286,7 @@ def test_psfhs_images_and_targets_match_the_source_files(psfhs_dir):
   raw, dataset_dir = psfhs_dir
   with open(os.path.join(raw, "val.csv")) as f:
     rows = {r["Filename"]: r for r in csv.DictReader(f)}
-  cfg = data.PipelineConfig(input_size=128, heatmap_size=64, batch_size=12)
+  cfg = _spec(input_size=128, heatmap_size=64, batch_size=12)
   b = _batches(data.make_dataset(dataset_dir, "val", cfg, training=False), 1)[0]
   assert len(b["filename"]) == 12
   for i, name in enumerate(b["filename"]):
@@ -296,5 +297,4 @@ def test_psfhs_images_and_targets_match_the_source_files(psfhs_dir):
                                                                                 "FH1")]
     np.testing.assert_allclose(b["landmarks"][i], points, atol=1e-4)
     np.testing.assert_array_equal(b["size_px"][i], [image.shape[1], image.shape[0]])
-  landmarks, _, _ = heatmap.decode_landmarks(b["heatmaps"], b["size_px"], "dark")
-  np.testing.assert_allclose(landmarks, b["landmarks"], atol=0.05)
+  np.testing.assert_allclose(_decode(cfg, b)["landmarks"], b["landmarks"], atol=0.05)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from aop_tf import evaluate
-from aop_tf import model as model_lib
-from aop_tf import model_dir as model_dir_lib
+from aop_tf import serving
 from aop_tf import visualize
+from data_prep import build
+import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_VAL = 5
-TINY = dict(input_size=32, input_channels=1, base_filters=4, depth=2, heatmap_size=8)
+SPEC = helpers.tiny_spec(input_size=32, heatmap_size=8, sigma_cells=1.0, decode_blur_sigma=0.0)
 REPORT_KEYS = ("n_images", "mre_px", "mre_512", "mae_px", "mae_512", "aop_error_deg",
                "aop_agreement_120", "n_degenerate", "sdr_512", "model", "data", "decode",
                "inference_ms_per_image", "batch_size")
@@ -24,22 +25,13 @@ REPORT_KEYS = ("n_images", "mre_px", "mre_512", "mae_px", "mae_512", "aop_error_
 
 @pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory):
-  build = pytest.importorskip("data_prep.build", reason="data_prep.build not available yet")
   out = tmp_path_factory.mktemp("phantom")
   return build.build_dataset("phantom", out_dir=str(out), phantom_counts={"val": N_VAL},
                              phantom_size=64, overwrite=True, verbose=False)
 
 
 def _make_model_dir(folder, zero_heatmaps=False):
-  net = model_lib.build_unet(**TINY)
-  if zero_heatmaps:  # Flat heatmaps: every landmark decodes to the same cell (degenerate AoP).
-    head = net.get_layer("heatmap_logits")
-    head.set_weights([np.zeros_like(w) for w in head.get_weights()])
-  model_dir_lib.save_model(net, model_dir_lib.checkpoint_path(str(folder), "latest"))
-  model_dir_lib.write_json(os.path.join(folder, "config.json"), {
-      "model": TINY,
-      "pipeline": {"input_size": 32, "input_channels": 1, "heatmap_size": 8, "sigma_cells": 1.0},
-      "decode": {"method": "dark", "blur_sigma_cells": 0.0}})
+  net = helpers.write_model_dir(str(folder), SPEC, zero_heatmaps=zero_heatmaps)
   return str(folder), net
 
 
@@ -67,7 +59,7 @@ def test_evaluate_writes_report_csv_and_overlays(phantom_dir, model_dir):
   assert set(report["mre_512"]) >= {"PS1", "PS2", "FH1", "mean"}
   assert set(report["aop_error_deg"]) >= {"mean", "median", "sd", "p90"}
   assert report["decode"] == {"method": "dark", "blur_sigma_cells": 0.0,
-                              "fh1_method": "heatmap"}
+                              "fh1_method": "heatmap", "heatmap_scale": 1.0}
   assert report["model"]["checkpoint"] == "latest"
   # 64 px phantom images: 512-space errors are 8x the pixel errors.
   assert report["mre_512"]["mean"] == pytest.approx(8 * report["mre_px"]["mean"], rel=1e-5)
@@ -120,7 +112,7 @@ def test_bad_arguments_say_what_to_do(phantom_dir, model_dir, tmp_path):
     evaluate.evaluate(folder, progress=False, verbose=False)
   with pytest.raises(ValueError, match="go together"):
     evaluate.evaluate(folder, images_dir=str(tmp_path), progress=False, verbose=False)
-  with pytest.raises(FileNotFoundError, match="not a folder"):
+  with pytest.raises(FileNotFoundError, match="missing does not exist"):
     evaluate.evaluate(str(tmp_path / "missing"), data_dir=phantom_dir, verbose=False)
   with pytest.raises(FileNotFoundError, match="config.json"):
     evaluate.evaluate(str(tmp_path), data_dir=phantom_dir, verbose=False)
@@ -145,13 +137,9 @@ def test_command_line_with_flagfile(phantom_dir, model_dir, tmp_path):
 
 
 def test_saved_model_serve_images_matches_keras(phantom_dir, model_dir, tmp_path):
-  serving = pytest.importorskip("aop_tf.serving", reason="aop_tf.serving not available yet")
-  if not hasattr(serving, "serving_archive"):
-    pytest.skip("aop_tf.serving has no serving_archive yet")
   folder, net = model_dir
-  config = model_dir_lib.read_config(folder)
   export_dir = str(tmp_path / "export")
-  serving.serving_archive(net, config).write_out(export_dir, verbose=False)
+  serving.serving_archive(net, SPEC.heatmap_codec()).write_out(export_dir, verbose=False)
   keras_report = evaluate.evaluate(folder, data_dir=phantom_dir, output_dir=str(tmp_path / "k"),
                                    overlays=0, progress=False, verbose=False)
   report = evaluate.evaluate(export_dir, data_dir=phantom_dir, overlays=1, batch_size=2,
@@ -162,6 +150,16 @@ def test_saved_model_serve_images_matches_keras(phantom_dir, model_dir, tmp_path
   assert report["mre_px"]["mean"] == pytest.approx(keras_report["mre_px"]["mean"], abs=0.05)
   rows = _read_csv(os.path.join(export_dir, "eval_val", "per_image.csv"))
   assert len(rows) == N_VAL
+  # Another decoder: the export's heatmaps decoded again agree with the Keras model decoded so.
+  argmax = evaluate.evaluate(export_dir, data_dir=phantom_dir, decode_method="argmax",
+                             output_dir=str(tmp_path / "sa"), overlays=0, progress=False,
+                             verbose=False)
+  keras_argmax = evaluate.evaluate(folder, data_dir=phantom_dir, decode_method="argmax",
+                                   output_dir=str(tmp_path / "ka"), overlays=0, progress=False,
+                                   verbose=False)
+  assert argmax["model"]["redecoded"] and argmax["decode"]["method"] == "argmax"
+  assert argmax["mre_px"]["mean"] == pytest.approx(keras_argmax["mre_px"]["mean"], abs=0.05)
+  assert argmax["mre_px"]["mean"] != pytest.approx(report["mre_px"]["mean"], abs=1e-4)
 
 
 def _write_phantom_images(phantom_dir, folder):
@@ -181,7 +179,6 @@ def _write_phantom_images(phantom_dir, folder):
 
 
 def test_images_dir_with_labels_csv_matches_dataset(phantom_dir, model_dir, tmp_path):
-  pytest.importorskip("data_prep.csv_source", reason="data_prep.csv_source not available yet")
   folder, _ = model_dir
   labels = _write_phantom_images(phantom_dir, str(tmp_path / "images"))
   report = evaluate.evaluate(folder, images_dir=str(tmp_path / "images"), labels_csv=labels,
@@ -194,7 +191,6 @@ def test_images_dir_with_labels_csv_matches_dataset(phantom_dir, model_dir, tmp_
 
 
 def test_real_psfhs_images_with_labels_csv(model_dir, tmp_path):
-  pytest.importorskip("data_prep.csv_source", reason="data_prep.csv_source not available yet")
   psfhs = os.environ.get("AOP_PSFHS_DIR", os.path.join(REPO, "..", "shared", "data", "psfhs"))
   if not os.path.exists(os.path.join(psfhs, "val.csv")):
     pytest.skip(f"PSFHS data not found at {psfhs} (set AOP_PSFHS_DIR)")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_prep import InputError, build, masks, phantom
+from aop_tf.io.records import InputError
+from data_prep import build, masks, phantom
 
 PSFHS = build.default_psfhs_dir()
 needs_psfhs = pytest.mark.skipif(

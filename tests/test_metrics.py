@@ -1,18 +1,15 @@
-"""Tests for aop_tf.metrics: hand-worked errors and AoP cases, properties, prediction loops."""
+"""Tests for aop_tf.metrics: hand-worked errors and AoP cases, properties."""
 
 import json
 import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aop_tf import geometry
-from aop_tf import heatmap
 from aop_tf import metrics
-from aop_tf import model as model_lib
 
 
 def _aop_acos(points):
@@ -170,71 +167,3 @@ def test_512_scaling_is_per_axis(dx, dy, width, height):
   if width == height:
     np.testing.assert_allclose(errors["radial_512"], errors["radial_px"] * 512.0 / width,
                                rtol=1e-5, atol=1e-5)
-
-
-def _heatmap_dataset(gt_px, size_px, heatmap_size=32, batch_size=2):
-  """Batches whose `image` is the perfect target heatmap of the GT (for identity 'models')."""
-  cells = geometry.pixel_to_cell(gt_px, size_px[:, None, :], (heatmap_size, heatmap_size))
-  maps = heatmap.gaussian_heatmaps(cells, (heatmap_size, heatmap_size), 1.5)
-  return tf.data.Dataset.from_tensor_slices({
-      "image": maps, "landmarks": tf.constant(gt_px), "size_px": tf.constant(size_px),
-      "filename": tf.constant([f"img{i}.png" for i in range(len(gt_px))]),
-  }).batch(batch_size)
-
-
-def test_predict_on_dataset_with_callables_recovers_points():
-  rng = np.random.default_rng(0)
-  size = np.array([[256, 256], [300, 200], [128, 256]], np.float32)
-  gt = (rng.uniform(0.15, 0.85, (3, 3, 2)) * size[:, None, :]).astype(np.float32)
-  dataset = _heatmap_dataset(gt, size)
-  timing = {}
-  for fn in (lambda x: x, lambda x: {"heatmaps": x}):
-    out = metrics.predict_on_dataset(fn, dataset, "dark", keep_heatmaps=True, timing=timing)
-    assert out["pred_px"].shape == (3, 3, 2) and out["pred_px"].dtype == np.float32
-    assert out["confidence"].shape == (3, 3)
-    assert out["heatmaps"].shape == (3, 32, 32, 3)
-    assert out["filename"].tolist() == ["img0.png", "img1.png", "img2.png"]
-    np.testing.assert_allclose(out["gt_px"], gt)
-    np.testing.assert_allclose(out["size_px"], size)
-    # DARK is exact on noise-free Gaussians up to the pixel/cell ratio (<= 9.4 px per cell).
-    np.testing.assert_allclose(out["pred_px"], gt, atol=0.05)
-    np.testing.assert_allclose(out["confidence"], 1.0, atol=0.1)
-  assert timing["n_batches"] == 2 and timing["model_s"] > 0
-  argmax = metrics.predict_on_dataset(lambda x: x, dataset, "argmax")
-  assert "heatmaps" not in argmax
-  assert np.abs(argmax["pred_px"] - gt).max() <= 0.5 * 300 / 32 + 1e-3
-
-
-def test_predict_on_dataset_with_keras_model():
-  net = model_lib.build_unet(input_size=32, input_channels=1, base_filters=4, depth=2,
-                             heatmap_size=8)
-  images = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 1)).astype(np.float32)
-  dataset = tf.data.Dataset.from_tensor_slices({
-      "image": images, "landmarks": np.zeros((3, 3, 2), np.float32),
-      "size_px": np.full((3, 2), 64.0, np.float32), "filename": ["a", "b", "c"],
-  }).batch(2)
-  out = metrics.predict_on_dataset(net, dataset, "dark", blur_sigma_cells=1.0)
-  assert out["pred_px"].shape == (3, 3, 2)
-  # On the image, give or take the one cell (8 px) DARK may move a peak off the edge cell.
-  assert np.all((out["pred_px"] >= -8.5) & (out["pred_px"] <= 71.5))
-  errors = metrics.per_image_errors(out["pred_px"], out["gt_px"], out["size_px"])
-  json.dumps(metrics.report(errors), allow_nan=False)
-
-
-def test_predict_with_serving_signature():
-  gt = np.array([[[10, 10], [0, 10], [10, 20]]] * 3, np.float32)
-
-  def serve(images):
-    batch = images.shape[0]
-    return {"landmarks": tf.constant(gt[:batch] + 1.0), "confidence": tf.ones([batch, 3]),
-            "heatmaps": tf.zeros([batch, 4, 4, 3])}
-
-  examples = [{"image": np.zeros((20, 30, 1), np.uint8), "landmarks": gt[0],
-               "filename": b"x.png"},
-              {"image": np.zeros((2, 40, 40, 1), np.uint8), "landmarks": gt[:2],
-               "filename": np.array([b"y.png", b"z.png"])}]
-  out = metrics.predict_with_serving(serve, examples, keep_heatmaps=True)
-  assert out["filename"].tolist() == ["x.png", "y.png", "z.png"]
-  np.testing.assert_allclose(out["size_px"], [[30, 20], [40, 40], [40, 40]])
-  np.testing.assert_allclose(out["pred_px"] - out["gt_px"], 1.0)
-  assert out["heatmaps"].shape == (3, 4, 4, 3)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from aop_tf import config
 from aop_tf import model as model_lib
 from aop_tf import model_dir
 
@@ -60,8 +61,9 @@ def test_bad_arguments_raise(kwargs, match):
 
 
 def test_save_and_safe_load_round_trip(tmp_path):
-  model = model_lib.build_unet(64, 1, 4, 2, 16, decode_to_full=False)
-  model_dir.write_json(str(tmp_path / model_dir.CONFIG_FILE), {"model": {}})
+  spec = config.RunSpec().replace(input_size=64, base_filters=4, depth=2, heatmap_size=16)
+  model = model_lib.build_unet(**spec.model_kwargs())
+  model_dir.write_spec(str(tmp_path), spec)
   model_dir.save_model(model, model_dir.checkpoint_path(str(tmp_path), "latest"))
   loaded, _ = model_dir.load_model(str(tmp_path))
   x = np.random.default_rng(1).uniform(0, 255, (1, 64, 64, 1)).astype("float32")
@@ -69,9 +71,9 @@ def test_save_and_safe_load_round_trip(tmp_path):
 
 
 def test_mixed_precision_body_bfloat16_heads_float32_and_float32_copy(tmp_path):
-  kwargs = dict(input_size=64, input_channels=1, base_filters=4, depth=2, heatmap_size=32,
-                seg_classes=3, heatmap_activation="spatial_softmax", softmax_peak_scale=25.0,
-                mixed_precision=True)
+  spec = config.RunSpec().replace(input_size=64, base_filters=4, depth=2, heatmap_size=32,
+                                  seg_classes=3, loss="softmax_ce", mixed_precision=True)
+  kwargs = spec.model_kwargs()
   model = model_lib.build_unet(**kwargs)
   policies = {layer.name: layer.dtype_policy.name for layer in model.layers
               if layer.name != "image"}
@@ -84,7 +86,7 @@ def test_mixed_precision_body_bfloat16_heads_float32_and_float32_copy(tmp_path):
                                                      "segmentation": "float32"}
   # Saved and loaded for inference it computes in float32 with the same weights, so its outputs
   # differ from the bfloat16 ones by rounding only (bfloat16 keeps ~3 significant digits).
-  model_dir.write_json(str(tmp_path / model_dir.CONFIG_FILE), {"model": kwargs})
+  model_dir.write_spec(str(tmp_path), spec)
   model_dir.save_model(model, model_dir.checkpoint_path(str(tmp_path), "latest"))
   loaded, _ = model_dir.load_model(str(tmp_path))
   assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}

@@ -1,11 +1,11 @@
-"""Tests for data_prep.points: strict "(x, y)" parsing, bounds, formatting round trip."""
+"""Tests for aop_tf.io.points: strict "(x, y)" parsing, bounds, formatting round trip."""
 
 import math
 
 import pytest
 from hypothesis import given, strategies as st
 
-from data_prep import points
+from aop_tf.io import points
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 

@@ -14,15 +14,13 @@ import tensorflow as tf
 from aop_tf import LANDMARK_NAMES
 from aop_tf import export
 from aop_tf import predict
+from aop_tf import predictor
 from aop_tf import serving
 from aop_tf.model import build_unet
+import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(input_size=64, base_filters=4, depth=2, heatmap_size=16)
-CONFIG = {"model": TINY,
-          "pipeline": {"input_size": 64, "input_channels": 1, "heatmap_size": 16,
-                       "sigma_cells": 1.5},
-          "decode": {"method": "dark", "blur_sigma_cells": 1.0}}
+SPEC = helpers.tiny_spec()
 
 
 def make_image(shape, seed=0):
@@ -38,9 +36,9 @@ def make_image(shape, seed=0):
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("predict")
   keras.utils.set_random_seed(3)
-  model = build_unet(**TINY)
+  model = build_unet(**SPEC.model_kwargs())
   export_dir = str(root / "saved_models" / "tiny")
-  export.export(model, CONFIG, export_dir, test_images=[make_image((80, 80, 1))])
+  export.export(model, SPEC, export_dir, test_images=[make_image((80, 80, 1))])
   images_dir = root / "images"
   (images_dir / "sub").mkdir(parents=True)
   good = {}
@@ -58,7 +56,7 @@ def setup(tmp_path_factory):
   (images_dir / "notes.txt").write_text("not an image")
   return {"root": root, "export_dir": export_dir, "images_dir": str(images_dir), "good": good,
           "bad": [str(images_dir / "broken.png"), str(images_dir / "empty.png")],
-          "model": model, "params": serving.serving_params(CONFIG)}
+          "reference": predictor.KerasPredictor(model, SPEC.heatmap_codec())}
 
 
 def test_find_inputs(setup):
@@ -84,14 +82,14 @@ def test_predict_files_skips_bad_and_matches_keras(setup, backend):
   path = setup["export_dir"]
   if backend == "tflite":
     path = os.path.join(path, "model.tflite")
-  model = predict.load_exported(path)
+  model = predictor.load(path)
   paths, _ = predict.find_inputs(setup["images_dir"])
   rows, failures = predict.predict_files(model, paths, batch_size=3, num_workers=2,
                                          progress=False)
   assert sorted(p for p, _ in failures) == sorted(setup["bad"])
   assert [r["filename"] for r in rows] == [p for p in paths if p in setup["good"]]
   for row in rows:
-    want = export.reference_outputs(setup["model"], setup["params"], setup["good"][row["filename"]])
+    want = setup["reference"].predict([setup["good"][row["filename"]]])
     got = np.array([[row[f"{n}_x"], row[f"{n}_y"]] for n in LANDMARK_NAMES])
     np.testing.assert_allclose(got, want["landmarks"][0], atol=0.5)
     assert abs(row["aop_deg"] - want["aop_deg"][0]) < 0.1
@@ -103,22 +101,22 @@ def test_predict_files_skips_bad_and_matches_keras(setup, backend):
 def test_tflite_interpreters_side_by_side_agree(setup):
   path = os.path.join(setup["export_dir"], "model.tflite")
   images = [setup["good"][p] for p in sorted(setup["good"])]  # mixed sizes and channels
-  one = predict.TFLiteModel(path).predict(images)
-  three = predict.TFLiteModel(path, num_threads=1, num_interpreters=3).predict(images)
+  one = predictor.TFLitePredictor(path).predict(images)
+  three = predictor.TFLitePredictor(path, num_threads=1, num_interpreters=3).predict(images)
   for key in serving.OUTPUT_KEYS:
     np.testing.assert_allclose(three[key], one[key], rtol=1e-5, atol=1e-5)
-  model = predict.load_exported(path, num_interpreters=2)
+  model = predictor.load(path, num_interpreters=2)
   assert model.predict(images[:1])["landmarks"].shape == (1, 3, 2)
   assert model.predict([])["landmarks"].shape == (0, 3, 2)
 
 
 def test_savedmodel_bfloat16_is_close_and_stays_with_its_model(setup):
   images = [setup["good"][p] for p in sorted(setup["good"])]
-  want = predict.SavedModelModel(setup["export_dir"]).predict(images)
-  fast = predict.load_exported(setup["export_dir"], bfloat16=True).predict(images)
+  want = predictor.SavedModelPredictor(setup["export_dir"]).predict(images)
+  fast = predictor.load(setup["export_dir"], bfloat16=True).predict(images)
   np.testing.assert_allclose(fast["heatmaps"], want["heatmaps"], atol=0.1)
   assert np.all(np.isfinite(fast["landmarks"]))
-  again = predict.SavedModelModel(setup["export_dir"]).predict(images)  # float32 again
+  again = predictor.SavedModelPredictor(setup["export_dir"]).predict(images)  # float32 again
   np.testing.assert_array_equal(again["heatmaps"], want["heatmaps"])
 
 
@@ -127,10 +125,10 @@ def test_bfloat16_default_follows_the_cpu_flags(tmp_path):
     path = tmp_path / f"cpuinfo_{len(flags)}"
     path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\nbogomips\t: 1\n")
     return str(path)
-  assert predict.native_bfloat16(cpuinfo("avx2 avx512f avx512_bf16"))
-  assert predict.native_bfloat16(cpuinfo("avx2 amx_bf16 amx_tile"))
-  assert not predict.native_bfloat16(cpuinfo("avx2 avx512f avx512_vnni"))
-  assert not predict.native_bfloat16(str(tmp_path / "no_such_file"))
+  assert predictor.native_bfloat16(cpuinfo("avx2 avx512f avx512_bf16"))
+  assert predictor.native_bfloat16(cpuinfo("avx2 amx_bf16 amx_tile"))
+  assert not predictor.native_bfloat16(cpuinfo("avx2 avx512f avx512_vnni"))
+  assert not predictor.native_bfloat16(str(tmp_path / "no_such_file"))
 
 
 def test_model_failure_skips_only_the_culprit(setup):
@@ -150,9 +148,9 @@ def test_model_failure_skips_only_the_culprit(setup):
   assert len(rows) == len(paths) - 1
 
 
-def test_load_exported_rejects_other_paths(tmp_path):
+def test_load_rejects_other_paths(tmp_path):
   with pytest.raises(FileNotFoundError, match="aop_tf.export"):
-    predict.load_exported(str(tmp_path))
+    predictor.load(str(tmp_path))
 
 
 def _run_cli(args, cwd):

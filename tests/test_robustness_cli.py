@@ -18,17 +18,19 @@ import sys
 import keras
 import pytest
 
+from aop_tf import config
 from aop_tf import model_dir as model_dir_lib
 from aop_tf.model import build_unet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = ("data_prep.build", "aop_tf.train", "aop_tf.evaluate", "aop_tf.export",
-                "aop_tf.predict", "aop_tf.profile")
+                "aop_tf.predict", "benchmarks.profile")
 # Libraries the entry points share, imported once by the helper (not the entry modules: runpy
 # must find them unimported, as `python -m` does).
 PRELOAD = ("tensorflow", "keras", "tensorflow_datasets", "cv2", "aop_tf.data", "aop_tf.model",
            "aop_tf.losses", "aop_tf.callbacks", "aop_tf.metrics", "aop_tf.serving",
-           "aop_tf.visualize", "aop_tf.model_dir", "aop_tf.cli", "data_prep.csv_source",
+           "aop_tf.visualize", "aop_tf.model_dir", "aop_tf.cli", "aop_tf.config",
+           "aop_tf.predictor", "aop_tf.io.labels",
            "data_prep.masks", "data_prep.phantom", "data_prep.tfds_builder")
 # TensorFlow's C++ start-up notes, printed before any of our code runs.
 NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ")
@@ -59,7 +61,8 @@ def _cases(tmp):
       ("aop_tf.evaluate", ["--decode_method=best", f"--model={model_dir}"], "--decode_method"),
       ("aop_tf.evaluate", [f"--flagfile={flagfile}"], "no_such.cfg"),
       ("aop_tf.evaluate", [f"--data_dir={missing}"], "--model"),
-      ("aop_tf.evaluate", [f"--model={missing}", f"--data_dir={missing}"], "is not a folder"),
+      ("aop_tf.evaluate", [f"--model={missing}", f"--data_dir={missing}"],
+       f"--model={missing} does not exist"),
       ("aop_tf.evaluate", [f"--model={model_dir}", f"--data_dir={missing}"], "does not exist"),
       ("aop_tf.evaluate", [f"--model={model_dir}"], "--data_dir"),
       ("aop_tf.export", ["--quantize=int4"], "--quantize"),
@@ -75,13 +78,13 @@ def _cases(tmp):
       ("aop_tf.predict", [f"--model={missing}", f"--inputs={missing}", f"--output={tmp}/p.csv"],
        "no image files"),
       ("aop_tf.predict", [f"--model={missing}", f"--inputs={bad_csv_dir}",
-                          f"--output={tmp}/p.csv"], "neither a SavedModel"),
+                          f"--output={tmp}/p.csv"], "neither a training directory"),
       ("aop_tf.predict", ["--max_pixels=lots"], "--max_pixels"),
-      ("aop_tf.profile", ["--interval_s=often"], "--interval_s"),
-      ("aop_tf.profile", ["--gpu=maybe"], "--gpu"),
-      ("aop_tf.profile", [f"--flagfile={flagfile}"], "no_such.cfg"),
-      ("aop_tf.profile", [], "give a command"),
-      ("aop_tf.profile", ["--", os.path.join(missing, "no_such_program")], "no_such_program"),
+      ("benchmarks.profile", ["--interval_s=often"], "--interval_s"),
+      ("benchmarks.profile", ["--gpu=maybe"], "--gpu"),
+      ("benchmarks.profile", [f"--flagfile={flagfile}"], "no_such.cfg"),
+      ("benchmarks.profile", [], "give a command"),
+      ("benchmarks.profile", ["--", os.path.join(missing, "no_such_program")], "no_such_program"),
   ]
 
 
@@ -92,14 +95,13 @@ def workspace(tmp_path_factory):
   bad.mkdir()
   (bad / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # an "image" for predict's --inputs
   (bad / "train.csv").write_text('Filename,PS1,PS2,FH1\na.png,"(1, )","(2, 2)","(3, 1)"\n')
-  tiny = dict(input_size=32, base_filters=2, depth=1, heatmap_size=16)
-  config = {"model": tiny, "pipeline": dict(tiny, input_channels=1, sigma_cells=1.0),
-            "decode": {"method": "argmax", "blur_sigma_cells": 0.0}}
-  model = build_unet(**{k: v for k, v in tiny.items()})
+  spec = config.RunSpec().replace(input_size=32, base_filters=2, depth=1, heatmap_size=16,
+                                  sigma_cells=1.0)
+  model = build_unet(**spec.model_kwargs())
   model_dir_lib.save_model(model, model_dir_lib.checkpoint_path(str(tmp / "model_dir"), "latest"))
-  model_dir_lib.write_json(str(tmp / "model_dir" / "config.json"), config)
+  model_dir_lib.write_spec(str(tmp / "model_dir"), spec)
   (tmp / "broken_model_dir").mkdir()
-  model_dir_lib.write_json(str(tmp / "broken_model_dir" / "config.json"), config)
+  model_dir_lib.write_spec(str(tmp / "broken_model_dir"), spec)
   (tmp / "broken_model_dir" / "latest.keras").write_bytes(b"PK\x03\x04 cut short")
   return str(tmp)
 

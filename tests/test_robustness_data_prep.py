@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_prep import InputError, Record, build, csv_source, images, masks
+from aop_tf.io import images
+from aop_tf.io import labels
+from aop_tf.io.records import InputError, Record
+from data_prep import build, masks
 
 GOOD = '"(10, 5)","(50, 20)","(30, 30)"'  # PS1, PS2, FH1 inside a 60x40 image, AoP defined
 
@@ -43,8 +46,8 @@ def _png_header_only(width, height):
 
 
 def _items(folder, csv_name="train.csv", encoding="auto", image_dir=None):
-  rows = csv_source.read_rows(str(folder / csv_name), encoding)
-  return list(csv_source.iter_records(rows, str(image_dir or folder), {}, "train"))
+  rows = labels.read_rows(str(folder / csv_name), encoding)
+  return list(labels.iter_records(rows, str(image_dir or folder), {}, "train"))
 
 
 def _reasons(items):
@@ -86,13 +89,13 @@ def test_missing_columns_and_short_rows(tmp_path):
   _write(tmp_path / "a.png", _png(_gray()))
   (tmp_path / "train.csv").write_text('Filename,PS1,PS2\na.png,"(1, 1)","(2, 2)"\n')
   with pytest.raises(ValueError, match=r"train.csv: missing column 'FH1' or 'AOP Tangency'"):
-    csv_source.read_rows(str(tmp_path / "train.csv"))
+    labels.read_rows(str(tmp_path / "train.csv"))
   (tmp_path / "train.csv").write_text('Filename,PS1,PS1,PS2,FH1\n')
   with pytest.raises(ValueError, match="column 'PS1' appears 2 times"):
-    csv_source.read_rows(str(tmp_path / "train.csv"))
+    labels.read_rows(str(tmp_path / "train.csv"))
   (tmp_path / "train.csv").write_text("")
   with pytest.raises(ValueError, match=r"train.csv: empty file \(no header line\)"):
-    csv_source.read_rows(str(tmp_path / "train.csv"))
+    labels.read_rows(str(tmp_path / "train.csv"))
   # A row with fewer cells than the header: the missing cell is named.
   (tmp_path / "train.csv").write_text(f'Filename,PS1,PS2,FH1\na.png,"(10, 5)","(50, 20)"\n'
                                       f'a.png,{GOOD}\n\n,{GOOD}\n')

@@ -11,7 +11,6 @@
   nothing in the package unpickles.
 """
 
-import dataclasses
 import glob
 import os
 import random
@@ -26,6 +25,7 @@ import keras
 import numpy as np
 import pytest
 
+from aop_tf import config
 from aop_tf import model_dir as model_dir_lib
 from aop_tf import train
 
@@ -97,12 +97,12 @@ def test_sigkill_while_saving_never_leaves_a_corrupt_latest(tmp_path):
 
 
 def _config(data_dir, model_dir, **changes):
-  config = train.TrainConfig(
-      data_dir=data_dir, model_dir=str(model_dir), input_size=64, input_channels=1,
-      base_filters=4, depth=2, heatmap_size=16, sigma_cells=1.0, learning_rate=1e-3,
-      lr_schedule="constant", epochs=2, batch_size=4, checkpoint_every=0, num_tb_images=0,
-      decode_method="argmax", val_split="", verbose=0)
-  return dataclasses.replace(config, **changes)
+  return config.RunSpec().replace(**{
+      **dict(data_dir=data_dir, model_dir=str(model_dir), input_size=64, input_channels=1,
+             base_filters=4, depth=2, heatmap_size=16, sigma_cells=1.0, learning_rate=1e-3,
+             lr_schedule="constant", epochs=2, batch_size=4, checkpoint_every=0, num_tb_images=0,
+             decode_method="argmax", val_split="", verbose=0),
+      **changes})
 
 
 def _weights(path):
@@ -293,7 +293,7 @@ def test_keras_files_with_code_are_refused_and_never_run(tmp_path):
   os.makedirs(model_dir)
   path = model_dir_lib.checkpoint_path(str(model_dir), "latest")
   model.save(path)
-  model_dir_lib.write_json(str(model_dir / "config.json"), {})
+  model_dir_lib.write_spec(str(model_dir), config.RunSpec())
   if marker.exists():
     marker.unlink()  # saving traced the lambda once
   with pytest.raises(ValueError, match="safe mode refuses"):
@@ -311,7 +311,7 @@ def test_corrupt_or_foreign_model_files_are_clear_errors(tmp_path):
       model_dir_lib.load_keras_file(path)
   (tmp_path / "config.json").write_text("{not json")
   with pytest.raises(ValueError, match="config.json is not valid JSON"):
-    model_dir_lib.read_config(str(tmp_path))
+    model_dir_lib.read_spec(str(tmp_path))
 
 
 def test_nothing_in_the_package_unpickles_or_loads_unsafely():
@@ -360,14 +360,12 @@ _EXPORTER = r"""
 import sys
 sys.path.insert(0, {repo!r})
 import keras, numpy as np
-from aop_tf import export
+from aop_tf import config, export
 from aop_tf.model import build_unet
-tiny = dict(input_size=32, base_filters=2, depth=1, heatmap_size=16)
-config = {{"model": tiny, "pipeline": dict(tiny, input_channels=1, sigma_cells=1.0),
-          "decode": {{"method": "argmax", "blur_sigma_cells": 0.0}}}}
+spec = config.RunSpec().replace(input_size=32, base_filters=2, depth=1, heatmap_size=16)
 keras.utils.set_random_seed({seed})
 for i in range({count}):
-  export.export(build_unet(**tiny), config, {target!r},
+  export.export(build_unet(**spec.model_kwargs()), spec, {target!r},
                 test_images=[np.full((40, 50, 1), 90, np.uint8)])
   print("exported", i, flush=True)
 """
@@ -375,7 +373,7 @@ for i in range({count}):
 
 @pytest.mark.slow
 def test_sigkill_during_export_keeps_the_previous_export(tmp_path):
-  from aop_tf import export, predict  # pylint: disable=import-outside-toplevel
+  from aop_tf import export, predictor  # pylint: disable=import-outside-toplevel
   rng = _seed()
   target = str(tmp_path / "saved_models" / "tiny")
   first = subprocess.run([sys.executable, "-c", _EXPORTER.format(
@@ -394,7 +392,7 @@ def test_sigkill_during_export_keeps_the_previous_export(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
   export.recover_interrupted(target)
-  model = predict.load_exported(target)  # a complete export, the previous or a new one
+  model = predictor.load(target)  # a complete export, the previous or a new one
   out = model.predict([np.full((40, 50, 1), 90, np.uint8)])
   assert out["landmarks"].shape == (1, 3, 2)
   leftovers = [n for n in os.listdir(os.path.dirname(target))

@@ -21,16 +21,13 @@ import pytest
 import tensorflow as tf
 
 from aop_tf import export
-from aop_tf import heatmap
 from aop_tf import predict
+from aop_tf import predictor
 from aop_tf import serving
 from aop_tf.model import build_unet
+import helpers
 
-TINY = dict(input_size=64, base_filters=4, depth=2, heatmap_size=16)
-CONFIG = {"model": TINY,
-          "pipeline": {"input_size": 64, "input_channels": 1, "heatmap_size": 16,
-                       "sigma_cells": 1.5},
-          "decode": {"method": "dark", "blur_sigma_cells": 1.0}}
+SPEC = helpers.tiny_spec()
 
 
 def _image(shape, seed=0):
@@ -56,9 +53,9 @@ def _bomb(width, height):
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("robust_predict")
   keras.utils.set_random_seed(5)
-  model = build_unet(**TINY)
+  model = build_unet(**SPEC.model_kwargs())
   export_dir = str(root / "export")
-  export.export(model, CONFIG, export_dir, test_images=[_image((80, 80, 1))])
+  export.export(model, SPEC, export_dir, test_images=[_image((80, 80, 1))])
   folder = root / "images"
   folder.mkdir()
   gray = _image((90, 110, 1))[..., 0]
@@ -98,7 +95,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def saved(setup):
-  return predict.load_exported(setup["export_dir"])
+  return predictor.load(setup["export_dir"])
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +110,7 @@ def loaded(setup):
 @pytest.mark.parametrize("backend", ["savedmodel", "tflite"])
 def test_one_bad_file_in_a_batch_is_skipped_and_named(setup, backend):
   path = setup["export_dir"]
-  model = predict.load_exported(path if backend == "savedmodel"
-                                else os.path.join(path, "model.tflite"))
+  model = predictor.load(path if backend == "savedmodel" else os.path.join(path, "model.tflite"))
   paths = sorted(setup["good"] + setup["bad"])
   rows, failures = predict.predict_files(model, paths, batch_size=4, num_workers=2,
                                          progress=False)
@@ -157,7 +153,7 @@ def test_max_pixels_and_read_errors(setup, tmp_path):
 
 def test_empty_batch_and_wrong_arrays(setup, saved):
   assert predict.predict_files(saved, [], progress=False) == ([], [])
-  tflite = predict.load_exported(os.path.join(setup["export_dir"], "model.tflite"))
+  tflite = predictor.load(os.path.join(setup["export_dir"], "model.tflite"))
   for model in (saved, tflite):
     out = model.predict([])
     assert out["landmarks"].shape == (0, 3, 2) and out["aop_deg"].shape == (0,)
@@ -180,7 +176,7 @@ def test_10000_pixel_square_image(setup, saved, tmp_path):
   big[:] = cv2.resize(small, (side, side), interpolation=cv2.INTER_NEAREST)
   path = str(tmp_path / "big.png")
   cv2.imwrite(path, big)
-  tflite = predict.load_exported(os.path.join(setup["export_dir"], "model.tflite"))
+  tflite = predictor.load(os.path.join(setup["export_dir"], "model.tflite"))
   for model in (saved, tflite):
     start = time.perf_counter()
     rows, failures = predict.predict_files(model, [path], progress=False)
@@ -250,8 +246,9 @@ def test_coincident_predicted_points_give_nan_and_a_flag(setup, tmp_path):
   # The shared decoder on heatmaps whose three peaks coincide.
   maps = np.zeros((1, 16, 16, 3), np.float32)
   maps[0, 5, 7, :] = 1.0
-  landmarks, aop, confidence = heatmap.decode_landmarks(maps, [[64.0, 64.0]], "dark", 1.0)
-  assert np.isnan(aop.numpy()[0]) and np.all(np.isfinite(landmarks.numpy()))
+  decoded = SPEC.heatmap_codec().decode(maps, [[64.0, 64.0]])
+  assert np.isnan(decoded["aop_deg"].numpy()[0])
+  assert np.all(np.isfinite(decoded["landmarks"].numpy()))
 
   class Degenerate:
     """PS1 on PS2 for the first image; NaN peaks (a broken model) for the second."""

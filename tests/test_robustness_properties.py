@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from aop_tf import geometry
 from aop_tf import metrics
-from data_prep import InputError, Record, csv_source, points
+from aop_tf.io import labels
+from aop_tf.io import points
+from aop_tf.io.records import InputError, Record
 
 FAST = settings(max_examples=60, deadline=None)
 MANY = settings(max_examples=300, deadline=None)  # the parser: microseconds per example
@@ -119,8 +121,8 @@ def test_csv_rows_are_each_accounted_for(rows, encoding):
       writer = csv.writer(f)
       writer.writerow(["Filename", "PS1", "PS2", "FH1"])
       writer.writerows(rows)
-    read = csv_source.read_rows(path)
-    items = list(csv_source.iter_records(read, folder, {}, "train"))
+    read = labels.read_rows(path)
+    items = list(labels.iter_records(read, folder, {}, "train"))
   # csv.writer quotes what needs quoting, so every written row comes back, blank ones excepted.
   expected = [r for r in rows if any(cell for cell in r)]
   assert len(read) == len(items) == len(expected)

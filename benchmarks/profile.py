@@ -1,10 +1,10 @@
 """Resource profile of a command, as the IUGC paper reports its inference (Table 3, Figure 2).
 
-  python -m aop_tf.profile --model=saved_models/cpu --inputs=../shared/data/psfhs/images \
+  python -m benchmarks.profile --model=saved_models/cpu --inputs=../shared/data/psfhs/images \
       --output_dir=docs/profile [--name=predict] [--interval_s=0.1]
-  python -m aop_tf.profile --flagfile=docs/profile/psfhs_val_inputs.flags \
+  python -m benchmarks.profile --flagfile=docs/profile/psfhs_val_inputs.flags \
       --model=saved_models/cpu/model.tflite --output_dir=docs/profile --name=predict_val_tflite
-  python -m aop_tf.profile --output_dir=/tmp/prof --name=evaluate -- \
+  python -m benchmarks.profile --output_dir=/tmp/prof --name=evaluate -- \
       python -m aop_tf.evaluate --model=runs/cpu --data_dir=data/psfhs
 
 Runs the command after `--` (default: `python -m aop_tf.predict --model=... --inputs=...

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from aop_tf import profile
+from benchmarks import profile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,7 +125,7 @@ def test_default_command_is_predict():
 
 def _run_cli(args, cwd):
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-m", "aop_tf.profile", *args], capture_output=True,
+  return subprocess.run([sys.executable, "-m", "benchmarks.profile", *args], capture_output=True,
                         text=True, cwd=cwd, env=env, timeout=120)
 
 

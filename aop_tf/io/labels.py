@@ -1,4 +1,4 @@
-"""IUGC-format source: a folder of images plus one CSV per split.
+"""IUGC-format label CSVs: a folder of images plus one CSV per split.
 
 CSV columns `Filename,PS1,PS2,FH1` (FH1 may be called `AOP Tangency`; other columns are ignored;
 header names match case-insensitively), points as `"(x, y)"` strings in original-image pixels.
@@ -24,7 +24,9 @@ import numpy as np
 
 from aop_tf import LANDMARK_NAMES
 from aop_tf import geometry
-from data_prep import SPLITS, InputError, Record, images, points
+from aop_tf.io import images
+from aop_tf.io import points
+from aop_tf.io.records import SPLITS, InputError, Record
 
 FILENAME_COLUMN = "Filename"
 # Accepted header names per landmark (first match wins), compared case-insensitively.

@@ -1,4 +1,4 @@
-"""Tests for data_prep.csv_source and data_prep.images: IUGC CSVs, odd image files, bad rows."""
+"""Tests for aop_tf.io.labels and aop_tf.io.images: IUGC CSVs, odd image files, bad rows."""
 
 import os
 
@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_prep import InputError, Record, build, csv_source, images
+from aop_tf.io import images
+from aop_tf.io import labels
+from aop_tf.io.records import InputError, Record
+from data_prep import build
 
 HEADER = "Filename,PS1,PS2,AOP Tangency,AoP,comment\n"
 
@@ -60,10 +63,10 @@ def iugc(tmp_path):
 
 
 def test_reads_odd_images_and_refuses_bad_rows(iugc):
-  rows = csv_source.read_rows(str(iugc / "train.csv"))
+  rows = labels.read_rows(str(iugc / "train.csv"))
   assert len(rows) == 15 and rows[0].filename == "gray.png"  # BOM stripped from the header
   assert rows[0].texts["FH1"] == "(30, 39.5)"  # AOP Tangency column
-  items = list(csv_source.iter_records(rows, str(iugc), {}, "train"))
+  items = list(labels.iter_records(rows, str(iugc), {}, "train"))
   good = [i for i in items if isinstance(i, Record)]
   bad = [i for i in items if isinstance(i, InputError)]
   assert [r.filename for r in good] == ["gray.png", "lying.jpg", "rgb.png", "real.jpg",
@@ -91,7 +94,7 @@ def test_point_outside_image_is_refused(tmp_path):
   _write(tmp_path / "a.png", cv2.imencode(".png", _gradient())[1].tobytes())
   (tmp_path / "val.csv").write_text(
       'Filename,PS1,PS2,FH1\na.png,"(59.5, 0)","(0, 39.5)","(60, 3)"\n', encoding="utf-8")
-  items = list(csv_source.iter_records(csv_source.read_rows(str(tmp_path / "val.csv")),
+  items = list(labels.iter_records(labels.read_rows(str(tmp_path / "val.csv")),
                                        str(tmp_path), {}, "val"))
   assert len(items) == 1 and items[0].reason == "point outside image"
   assert "column FH1" in str(items[0]) and "60x40" in str(items[0])
@@ -101,20 +104,20 @@ def test_header_errors_name_the_file(tmp_path):
   path = tmp_path / "train.csv"
   path.write_text("Filename,PS1,PS2\nx.png,\"(1, 1)\",\"(2, 2)\"\n")
   with pytest.raises(ValueError, match=r"train.csv: missing column 'FH1' or 'AOP Tangency'"):
-    csv_source.read_rows(str(path))
+    labels.read_rows(str(path))
 
 
 def test_find_split_csvs(tmp_path):
   for name in ("train.csv", "test.csv", "other.csv"):
     (tmp_path / name).write_text(HEADER)
-  assert csv_source.find_split_csvs(str(tmp_path)) == {
+  assert labels.find_split_csvs(str(tmp_path)) == {
       "train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")}
-  assert csv_source.find_split_csvs(str(tmp_path), {"val": "other.csv"}) == {
+  assert labels.find_split_csvs(str(tmp_path), {"val": "other.csv"}) == {
       "val": str(tmp_path / "other.csv")}
   with pytest.raises(FileNotFoundError, match="nope.csv"):
-    csv_source.find_split_csvs(str(tmp_path), {"val": "nope.csv"})
+    labels.find_split_csvs(str(tmp_path), {"val": "nope.csv"})
   with pytest.raises(FileNotFoundError, match="--csv"):
-    csv_source.find_split_csvs(str(tmp_path / "empty_dir_does_not_matter"))
+    labels.find_split_csvs(str(tmp_path / "empty_dir_does_not_matter"))
 
 
 def test_decode_gray_errors():
@@ -167,7 +170,7 @@ def test_duplicate_of_a_refused_row_is_used(tmp_path):
   (tmp_path / "train.csv").write_text(
       'Filename,PS1,PS2,FH1\na.png,"(5, )","(1, 5)","(9, 3)"\na.png,"(5, 5)","(1, 5)","(9, 3)"\n'
       'a.png,"(5, 5)","(1, 5)","(9, 3)"\n')
-  items = list(csv_source.iter_records(csv_source.read_rows(str(tmp_path / "train.csv")),
+  items = list(labels.iter_records(labels.read_rows(str(tmp_path / "train.csv")),
                                        str(tmp_path), {}, "train"))
   assert [getattr(i, "reason", "ok") for i in items] == ["bad point", "ok", "duplicate filename"]
   assert "already used by train (train.csv line 3)" in str(items[2])

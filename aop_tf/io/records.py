@@ -1,0 +1,42 @@
+"""What the label readers yield: one `Record` per usable example, one `InputError` per refused input.
+
+Shared by the IUGC CSV reader (`aop_tf.io.labels`), the evaluation data sources and every
+`data_prep` source. Points are `(x, y)` original pixels, order PS1, PS2, FH1.
+"""
+
+import dataclasses
+import typing
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+class InputError(ValueError):
+  """One input (CSV row, image, mask) that cannot be used; the message names it and says why.
+
+  Attributes:
+    reason: short category for the build summary, e.g. "bad point", "duplicate filename".
+  """
+
+  def __init__(self, message, reason="invalid input"):
+    super().__init__(message)
+    self.reason = reason
+
+
+@dataclasses.dataclass
+class Record:
+  """One example before serialisation.
+
+  Attributes:
+    filename: path relative to the image folder (POSIX separators).
+    image: uint8 [H, W] gray, original size.
+    landmarks: float32 [3, 2] `(x, y)` original pixels, order PS1, PS2, FH1.
+    mask: uint8 [H, W] labels (0 bg, 1 pubic symphysis, 2 fetal head), or None.
+    where: where it came from, for messages (e.g. "train.csv line 7").
+  """
+  filename: str
+  image: np.ndarray
+  landmarks: np.ndarray
+  mask: typing.Optional[np.ndarray] = None
+  where: str = ""

@@ -1,0 +1,385 @@
+"""One predictor interface over Keras checkpoints, SavedModels and TFLite files.
+
+  model = predictor.load("runs/cpu")                        # training directory (best checkpoint)
+  model = predictor.load("saved_models/cpu")                # SavedModel: its serve_images signature
+  model = predictor.load("saved_models/cpu/model.tflite")   # TFLite, with LiteRT
+  out = model.predict([image, ...])                         # uint8 [H, W, C] of any sizes
+
+Every predictor takes original images, uint8 [H, W, C] (or [H, W]; C = 1 gray, 2 gray + alpha,
+3 RGB, 4 RGBA) of any size, and returns numpy arrays stacked over the list, in pixels of each image:
+
+  landmarks   float32 [N, 3, 2]  `(x, y)`, order PS1, PS2, FH1
+  aop_deg     float32 [N]        Angle of Progression, degrees (NaN where degenerate)
+  confidence  float32 [N, 3]     heatmap peaks / heatmap_scale (1 for a target-shaped peak)
+  heatmaps    float32 [N, R, R, 3]
+
+Batching is done once, here: `chunks` cuts a stream into lists of at most `batch_size` items, and
+`Predictor.predict` runs each stretch of equal-size images of a list in one model call. Evaluation
+(`aop_tf.evaluate`) is a predictor + a data source + metrics; `aop_tf.predict` is a predictor +
+image files + writers; `aop_tf.export` checks its exports against the Keras predictor.
+"""
+
+import contextlib
+import dataclasses
+import os
+from concurrent import futures
+
+import numpy as np
+import tensorflow as tf
+
+from aop_tf import codec as codec_lib
+from aop_tf import config as config_lib
+from aop_tf import data
+from aop_tf import model_dir as model_dir_lib
+from aop_tf import serving
+
+OUTPUT_KEYS = serving.OUTPUT_KEYS
+SAVED_MODEL_FILE = "saved_model.pb"
+TFLITE_FILE = "model.tflite"
+EXPORT_INFO_FILE = "export_info.json"
+
+
+def as_model_input(image, where="image"):
+  """Checks one image: uint8 [H, W, C] (C = 1..4, H, W >= 1); a 2-D array gains a channel axis.
+
+  Any other pixel type is refused rather than cast (a uint16 or float array cast to uint8 would
+  silently become garbage).
+
+  Raises:
+    ValueError naming `where` and what to do.
+  """
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f"{where}: pixel type {image.dtype}; the model takes uint8 images (scale "
+                     "16-bit by 255/65535 and float 0..1 by 255, then round)")
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or not 1 <= image.shape[2] <= 4 or min(image.shape[:2]) < 1:
+    raise ValueError(f"{where}: image shape {image.shape}; expected [H, W, C] with H, W >= 1 "
+                     "and C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA)")
+  return image
+
+
+def chunks(items, batch_size):
+  """Lists of at most `batch_size` consecutive items of an iterable (the last may be shorter)."""
+  batch_size = max(1, int(batch_size))
+  pending = []
+  for item in items:
+    pending.append(item)
+    if len(pending) == batch_size:
+      yield pending
+      pending = []
+  if pending:
+    yield pending
+
+
+def _same_size_runs(images):
+  """`(start, end)` of each stretch of consecutive equal-shape images."""
+  start = 0
+  while start < len(images):
+    end = start + 1
+    while end < len(images) and images[end].shape == images[start].shape:
+      end += 1
+    yield start, end
+    start = end
+
+
+def first_line(error):
+  """The first non-empty line of an exception's message (TF errors run to many lines)."""
+  text = getattr(error, "message", None) or str(error)
+  lines = [line for line in text.splitlines() if line.strip()]
+  return lines[0] if lines else type(error).__name__
+
+
+class Predictor:
+  """Base of the predictors: checks images, runs equal-size stretches, stacks the outputs.
+
+  Subclasses set `kind`, `path`, `codec` (the `codec.HeatmapCodec` that decodes, None if the model
+  does not say) and `heatmap_cells` (R, 0 if unknown), and implement `_run(images)`: uint8
+  [B, H, W, C] of one size -> dict of numpy `OUTPUT_KEYS`.
+  """
+  kind = None
+
+  def __init__(self, path, codec=None, heatmap_cells=0):
+    self.path = path
+    self.codec = codec
+    self.heatmap_cells = int(heatmap_cells or 0)
+
+  def predict(self, images):
+    """list of uint8 [H, W, C] (any sizes) -> dict of numpy arrays stacked over the list."""
+    images = [as_model_input(image, f"image {i}") for i, image in enumerate(images)]
+    if not images:
+      r = self.heatmap_cells
+      return {"landmarks": np.zeros((0, 3, 2), np.float32), "aop_deg": np.zeros((0,), np.float32),
+              "confidence": np.zeros((0, 3), np.float32),
+              "heatmaps": np.zeros((0, r, r, 3), np.float32)}
+    parts = [self._run(np.stack(images[start:end])) for start, end in _same_size_runs(images)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_KEYS}
+
+  def _run(self, images):
+    raise NotImplementedError
+
+  def describe(self):
+    """What a report should say about the model: path, kind, decoding."""
+    return {"path": os.path.abspath(self.path), "kind": self.kind,
+            "decode": None if self.codec is None else {
+                "method": self.codec.decode_method, "blur_sigma_cells": self.codec.blur_sigma_cells,
+                "fh1_method": self.codec.fh1_method, "heatmap_scale": self.codec.heatmap_scale}}
+
+
+class KerasPredictor(Predictor):
+  """A Keras landmark model + `data.preprocess_image` + `codec.decode`, traced once.
+
+  Args:
+    model: the Keras model (input float32 [B, S, S, C] 0..255).
+    codec: its `codec.HeatmapCodec`.
+    path: where it came from (for reports).
+    checkpoint: its checkpoint name (for reports).
+  """
+  kind = "keras"
+
+  def __init__(self, model, codec, path="", checkpoint=None):
+    super().__init__(path, codec, codec.heatmap_size)
+    self.model = model
+    self.checkpoint = checkpoint
+    _, size, _, channels = model.input_shape
+    self._run_prepared = tf.function(self._decode, autograph=False, input_signature=[
+        tf.TensorSpec([None, size, size, channels], tf.float32), tf.TensorSpec([None, 2],
+                                                                               tf.float32)])
+    self._run_uint8 = tf.function(
+        lambda images: self._decode(data.preprocess_image(images, size, channels),
+                                    _sizes_of(images)),
+        autograph=False, input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8)])
+
+  def _decode(self, images, size_px):
+    return self.codec.decode(self.model(images, training=False), size_px)
+
+  def _run(self, images):
+    return {k: v.numpy() for k, v in self._run_uint8(tf.constant(images)).items()}
+
+  def predict_prepared(self, images, size_px):
+    """Outputs for model inputs already prepared (`data.make_dataset`): float32 [B, S, S, C] 0..255
+    and the original `(width, height)` [B, 2]."""
+    out = self._run_prepared(tf.cast(images, tf.float32), tf.cast(size_px, tf.float32))
+    return {k: v.numpy() for k, v in out.items()}
+
+  def describe(self):
+    return dict(super().describe(), checkpoint=self.checkpoint)
+
+
+def _sizes_of(images):
+  """`(width, height)` float32 [B, 2] of a batch [B, H, W, C] of one size."""
+  shape = tf.shape(images)
+  return tf.tile(tf.cast(tf.stack([shape[2], shape[1]]), tf.float32)[None], [shape[0], 1])
+
+
+def native_bfloat16(cpuinfo="/proc/cpuinfo"):
+  """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 in its flags; Linux).
+
+  Elsewhere oneDNN would emulate bfloat16, slower than float32, so `--bfloat16` defaults to this.
+  """
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        if line.startswith("flags"):
+          return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[-1].split()))
+  except OSError:
+    pass
+  return False
+
+
+@contextlib.contextmanager
+def bfloat16_graphs(enabled=True):
+  """oneDNN bfloat16 auto mixed precision for the TF functions called inside (when `enabled`).
+
+  The setting is part of each call's configuration, so it holds for these calls only (not
+  thread-safe: calls made meanwhile by other threads get it too)."""
+  if not enabled:
+    yield
+    return
+  key = "auto_mixed_precision_onednn_bfloat16"
+  before = tf.config.optimizer.get_experimental_options().get(key, False)
+  tf.config.optimizer.set_experimental_options({key: True})
+  try:
+    yield
+  finally:
+    tf.config.optimizer.set_experimental_options({key: before})
+
+
+def _export_codec(folder):
+  """The codec recorded in an export's `export_info.json`, or None."""
+  path = os.path.join(folder, EXPORT_INFO_FILE)
+  if not os.path.isfile(path):
+    return None
+  info = model_dir_lib.read_json(path)
+  return config_lib.from_json(info.get("config"), f"{path} (config)").heatmap_codec()
+
+
+class SavedModelPredictor(Predictor):
+  """Runs a SavedModel's `serve_images` signature: its own resize, model and decoder.
+
+  Args:
+    path: the SavedModel folder.
+    bfloat16: let oneDNN run the convolutions in bfloat16 (auto mixed precision): ~1.5-2x
+      images/s on CPUs with AVX512-BF16 or AMX, landmarks within a fraction of a pixel
+      (benchmarks/speed.py); TF leaves the graph float32 on other CPUs.
+  """
+  kind = "saved_model"
+
+  def __init__(self, path, bfloat16=False):
+    try:
+      self._loaded = tf.saved_model.load(path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{path}: cannot load the SavedModel ({type(e).__name__}: "
+                       f"{first_line(e)}); re-export it with `python -m aop_tf.export`.") from None
+    if serving.SERVE_IMAGES not in self._loaded.signatures:
+      raise ValueError(f"{path} has no {serving.SERVE_IMAGES!r} signature (has "
+                       f"{sorted(self._loaded.signatures)}); export it with "
+                       "`python -m aop_tf.export`.")
+    self._fn = self._loaded.signatures[serving.SERVE_IMAGES]
+    cells = self._fn.structured_outputs["heatmaps"].shape[1]
+    super().__init__(path, _export_codec(path), cells)
+    self.bfloat16 = bool(bfloat16)
+
+  def _run(self, images):
+    with bfloat16_graphs(self.bfloat16):
+      out = self._fn(images=tf.constant(images))
+    return {k: out[k].numpy() for k in OUTPUT_KEYS}
+
+  def describe(self):
+    return dict(super().describe(), signature=serving.SERVE_IMAGES)
+
+
+class _LiteRunner:
+  """One LiteRT interpreter of a `model.tflite`; used by one thread at a time."""
+
+  def __init__(self, path, num_threads=None):
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+    self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
+    runner = self._interpreter.get_signature_runner(serving.SERVING_DEFAULT)
+    self._input = runner.get_input_details()["images"]["index"]
+    outputs = runner.get_output_details()
+    self._outputs = {k: v["index"] for k, v in outputs.items()}
+    self.heatmap_shape = outputs.get("heatmaps", {}).get("shape", [1, 0, 0, 3])
+    missing = set(OUTPUT_KEYS) - set(self._outputs)
+    if missing:
+      raise ValueError(f"{path} lacks outputs {sorted(missing)}; re-export it with "
+                       "`python -m aop_tf.export`.")
+    self._shape = None
+
+  def run(self, image):
+    image = np.ascontiguousarray(image)[None]
+    if image.shape != self._shape:  # Re-plan only when the image size changes.
+      self._interpreter.resize_tensor_input(self._input, image.shape, strict=True)
+      self._interpreter.allocate_tensors()
+      self._shape = image.shape
+    self._interpreter.set_tensor(self._input, image)
+    self._interpreter.invoke()
+    return {k: self._interpreter.get_tensor(i).copy() for k, i in self._outputs.items()}
+
+
+class TFLitePredictor(Predictor):
+  """Runs `model.tflite` (uint8 [1, H, W, C] in) with LiteRT, one image per interpreter call.
+
+  Args:
+    path: the `.tflite` file.
+    num_threads: threads of each interpreter (None: LiteRT's default, one).
+    num_interpreters: interpreters that run different images of one call side by side (a thread
+      each; LiteRT releases the GIL while it runs). On a multi-core CPU, k interpreters of one
+      thread give more images/s than one interpreter of k threads (benchmarks/speed.py).
+  """
+  kind = "tflite"
+
+  def __init__(self, path, num_threads=None, num_interpreters=1):
+    count = max(1, int(num_interpreters))
+    try:
+      self._runners = [_LiteRunner(path, num_threads) for _ in range(count)]
+    except (ValueError, RuntimeError) as e:
+      raise ValueError(f"{path}: cannot load the TFLite model ({first_line(e)}); re-export it "
+                       "with `python -m aop_tf.export`.") from None
+    super().__init__(path, _export_codec(os.path.dirname(os.path.abspath(path))),
+                     self._runners[0].heatmap_shape[1])
+    self._pool = futures.ThreadPoolExecutor(count, "tflite") if count > 1 else None
+
+  def _run(self, images):
+    if self._pool is None or len(images) == 1:
+      parts = [self._runners[0].run(image) for image in images]
+    else:
+      # Contiguous shares, so that each interpreter keeps its planned size on same-size runs.
+      shares = np.array_split(np.arange(len(images)), min(len(self._runners), len(images)))
+      jobs = [self._pool.submit(lambda r, idx: [r.run(images[i]) for i in idx], runner, share)
+              for runner, share in zip(self._runners, shares)]
+      parts = [part for job in jobs for part in job.result()]
+    return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_KEYS}
+
+
+class RedecodingPredictor(Predictor):
+  """Another predictor's heatmaps decoded with another codec (e.g. an export re-decoded with
+  DARK). FH1 by tangent needs the segmentation output, which exports do not return."""
+
+  def __init__(self, inner, codec):
+    super().__init__(inner.path, codec, inner.heatmap_cells)
+    self.inner = inner
+    self.kind = inner.kind
+
+  def _run(self, images):
+    out = self.inner._run(images)  # pylint: disable=protected-access
+    size = np.tile([[images.shape[2], images.shape[1]]], (len(images), 1)).astype(np.float32)
+    decoded = self.codec.decode(tf.constant(out["heatmaps"]), size)
+    return {k: np.asarray(v) for k, v in decoded.items()}
+
+  def describe(self):
+    return dict(self.inner.describe(), decode=super().describe()["decode"], redecoded=True)
+
+
+def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
+         num_interpreters=1):
+  """The predictor of a training directory, a SavedModel folder or a `.tflite` file.
+
+  Args:
+    path: a training directory (config.json + *.keras), an export folder (SavedModel preferred,
+      else its model.tflite) or a `.tflite` file.
+    checkpoint: training directory: which `<checkpoint>.keras` (default: the first of
+      `model_dir.CHECKPOINTS`).
+    decode: optional {`decode_method`, `blur_sigma_cells`, `fh1_method`} overriding the model's
+      decoding (an export's heatmaps are then decoded again).
+    bfloat16: SavedModel only, see `SavedModelPredictor`.
+    num_threads, num_interpreters: TFLite only, see `TFLitePredictor`.
+  """
+  decode = {k: v for k, v in (decode or {}).items() if v is not None}
+  if os.path.isdir(path) and os.path.isfile(os.path.join(path, model_dir_lib.CONFIG_FILE)):
+    name, _ = model_dir_lib.resolve_checkpoint(path, checkpoint)
+    model, spec = model_dir_lib.load_model(path, name)
+    codec = _override(spec.heatmap_codec(), decode)
+    if codec.fh1_method == "tangent" and spec.model.seg_classes <= 2:
+      raise ValueError(f"fh1_method 'tangent' needs a segmentation head; {path} has "
+                       f"seg_classes={spec.model.seg_classes}.")
+    return KerasPredictor(model, codec, path, name)
+  if checkpoint:
+    raise ValueError(f"--checkpoint={checkpoint} applies to training directories; {path} is "
+                     "not one.")
+  if os.path.isfile(path) and path.endswith(".tflite"):
+    inner = TFLitePredictor(path, num_threads, num_interpreters)
+  elif os.path.isdir(path) and os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
+    inner = SavedModelPredictor(path, bfloat16)
+  elif os.path.isdir(path) and os.path.isfile(os.path.join(path, TFLITE_FILE)):
+    inner = TFLitePredictor(os.path.join(path, TFLITE_FILE), num_threads, num_interpreters)
+  else:
+    raise FileNotFoundError(f"--model={path} is neither a training directory (config.json), a "
+                            f"SavedModel folder ({SAVED_MODEL_FILE}) nor a .tflite file; train one "
+                            "with `python -m aop_tf.train` or export one with "
+                            "`python -m aop_tf.export`.")
+  if not decode:
+    return inner
+  # An export that does not record its codec is re-decoded from the defaults.
+  codec = _override(inner.codec or codec_lib.HeatmapCodec(heatmap_size=inner.heatmap_cells or 64),
+                    decode)
+  return inner if codec == inner.codec else RedecodingPredictor(inner, codec)
+
+
+def _override(codec, decode):
+  """`codec` with the decode settings in `decode` (`HeatmapCodec` field names) changed."""
+  try:
+    return dataclasses.replace(codec, **decode)
+  except TypeError as e:
+    raise ValueError(f"Unknown decode settings {sorted(decode)}: {e}") from None
