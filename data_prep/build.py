@@ -158,8 +158,6 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
   Returns:
     The dataset directory (str) holding `dataset_info.json`, for `tfds.builder_from_directory`.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
   start = time.time()
   if source not in SOURCES:
     raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
@@ -185,37 +183,7 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
     if split_limit is not None:
       total = min(total, int(split_limit))
       items = itertools.islice(items, int(split_limit))
-    records = []
-    every = max(10, total // 10)
-    split_start = time.time()
-    for item in items:
-      tally.read[split] += 1
-      if isinstance(item, InputError):
-        if strict:
-          raise item
-        tally.skip(split, item)
-      else:  # encoded now (PNG bytes) so raw pixels are not held for a whole split
-        records.append((item.where or item.filename, item.landmarks,
-                        tfds_builder.encode_record(item, np.nan)))
-      if tally.read[split] % every == 0 or tally.read[split] == total:
-        _log(verbose, f"[{source}/{split}] {tally.read[split]}/{total} rows read, "
-             f"{len(records)} ok, {sum(tally.skipped[split].values())} skipped "
-             f"({time.time() - split_start:.1f} s)")
-    if records:
-      # One vectorised AoP per split; NaN = coincident points, refused like any bad input.
-      aops = geometry.aop_deg(np.stack([landmarks for _, landmarks, _ in records])).numpy()
-      kept = []
-      for (where, landmarks, example), aop in zip(records, aops):
-        if np.isnan(aop):
-          error = InputError(f"{where}: PS1 coincides with PS2 or FH1 {landmarks.tolist()}; the "
-                             "AoP is undefined", "degenerate landmarks")
-          if strict:
-            raise error
-          tally.skip(split, error)
-        else:
-          example["aop_deg"] = np.float32(aop)
-          kept.append(example)
-      records = kept
+    records = _read_split(f"{source}/{split}", split, items, total, tally, strict, verbose)
     if not records:
       _log(verbose, f"[{source}/{split}] no usable examples; split left out")
       continue
@@ -232,6 +200,51 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
       "skipped_inputs": [{"split": s, "message": m} for s, m in tally.messages],
   }
   _log(verbose, f"[{source}] writing TFRecord shards to {target}")
+  _write(out_dir, examples_by_split, description, summary, data_dir)
+  if verbose:
+    _print_summary(source, summary, tally, time.time() - start, target)
+  return target
+
+
+def _read_split(name, split, items, total, tally, strict, verbose):
+  """The examples (`tfds_builder.encode_record` dicts with `aop_deg`) of one split's inputs;
+  refused inputs are counted in `tally` (or raised when `strict`)."""
+  records = []
+  every = max(10, total // 10)
+  split_start = time.time()
+  for item in items:
+    tally.read[split] += 1
+    if isinstance(item, InputError):
+      if strict:
+        raise item
+      tally.skip(split, item)
+    else:  # encoded now (PNG bytes) so raw pixels are not held for a whole split
+      records.append((item.where or item.filename, item.landmarks,
+                      tfds_builder.encode_record(item, np.nan)))
+    if tally.read[split] % every == 0 or tally.read[split] == total:
+      _log(verbose, f"[{name}] {tally.read[split]}/{total} rows read, {len(records)} ok, "
+           f"{sum(tally.skipped[split].values())} skipped ({time.time() - split_start:.1f} s)")
+  if not records:
+    return []
+  # One vectorised AoP per split; NaN = coincident points, refused like any bad input.
+  aops = geometry.aop_deg(np.stack([landmarks for _, landmarks, _ in records])).numpy()
+  kept = []
+  for (where, landmarks, example), aop in zip(records, aops):
+    if np.isnan(aop):
+      error = InputError(f"{where}: PS1 coincides with PS2 or FH1 {landmarks.tolist()}; the "
+                         "AoP is undefined", "degenerate landmarks")
+      if strict:
+        raise error
+      tally.skip(split, error)
+    else:
+      example["aop_deg"] = np.float32(aop)
+      kept.append(example)
+  return kept
+
+
+def _write(out_dir, examples_by_split, description, summary, data_dir):
+  """Writes the TFRecord shards and metadata with `tfds_builder.AopLandmarks`."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   builder = tfds_builder.AopLandmarks(
       data_dir=out_dir, examples_by_split=examples_by_split, description=description,
       metadata=summary)
@@ -246,9 +259,6 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
           download_config=tfds.download.DownloadConfig(manual_dir=data_dir or download_dir))
   finally:
     tfds.display_progress_bar(bars)
-  if verbose:
-    _print_summary(source, summary, tally, time.time() - start, target)
-  return target
 
 
 def _print_summary(source, summary, tally, seconds, target):
