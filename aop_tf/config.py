@@ -253,6 +253,8 @@ class OptimSpec(_Section):
     lr_step_epochs: step schedule: epochs per step.
     lr_step_factor: step schedule: factor per step.
     warmup_epochs: Linear learning-rate warm-up, epochs.
+    clip_norm: Clip each gradient to this L2 norm (0: no clipping), against the rare huge step
+      that diverges a bfloat16 run.
     epochs: Total epochs.
     steps_per_epoch: Steps per epoch; 0: one pass over the training split (other values for smoke
       tests only: resume is exact with full epochs).
@@ -264,6 +266,7 @@ class OptimSpec(_Section):
   lr_step_epochs: int = knob(15, check="positive", resumable=True)
   lr_step_factor: float = knob(0.5, check="positive", resumable=True)
   warmup_epochs: float = knob(0.0, check="non_negative", resumable=True)
+  clip_norm: float = knob(0.0, check="non_negative")
   epochs: int = knob(150, check="positive", resumable=True)
   steps_per_epoch: int = knob(0, check="non_negative")
 

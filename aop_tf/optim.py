@@ -17,7 +17,8 @@ def make_optimizer(optim):
   (L2). The paper's "Adam, weight decay 1e-4" is therefore approximated, not replicated.
   """
   cls = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW}[optim.optimizer]
-  return cls(learning_rate=optim.learning_rate, weight_decay=optim.weight_decay or None)
+  return cls(learning_rate=optim.learning_rate, weight_decay=optim.weight_decay or None,
+             clipnorm=optim.clip_norm or None)
 
 
 def learning_rate_at(step, steps_per_epoch, base_lr, schedule="step", epochs=150,
