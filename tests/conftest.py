@@ -2,6 +2,8 @@
 
 import pytest
 
+import helpers
+
 
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory):
@@ -9,3 +11,11 @@ def phantom_dir(tmp_path_factory):
   from data_prep.build import build_dataset  # pylint: disable=import-outside-toplevel
   return build_dataset("phantom", out_dir=str(tmp_path_factory.mktemp("phantom")),
                        phantom_counts={"train": 8, "val": 4}, phantom_size=64, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def entry_points():
+  """`helpers.EntryPoints`: `python -m` entry points in forks of one preloaded process."""
+  runner = helpers.EntryPoints()
+  yield runner
+  runner.close()

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c "import aop_tf, tensorflow, pytest, hypothesis" 2>/dev/null; then
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c "import aop_tf, tensorflow, pytest, hypothesis, xdist" 2>/dev/null; then
   echo "Setting up .venv (first run only)..."
   "$PY" -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip

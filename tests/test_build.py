@@ -78,17 +78,16 @@ def test_parse_split_map():
       build.parse_split_map(bad)
 
 
-def test_cli_loads_without_data_prep(tmp_path):
+def test_cli_loads_without_data_prep(tmp_path, entry_points):
   """The entry point with a flagfile; the result loads in a process that never imports data_prep."""
   flagfile = tmp_path / "phantom.cfg"
   flagfile.write_text(f"--source=phantom\n--out_dir={tmp_path / 'out'}\n--phantom_train=3\n"
                       "--phantom_val=0\n--phantom_size=64\n")
+  code, stdout, stderr = entry_points.run("data_prep.build", [f"--flagfile={flagfile}"])
+  assert code == 0, stderr[-2000:]
+  assert "Dataset directory (pass to training):" in stdout
+  target = stdout.strip().splitlines()[-1].split(": ", 1)[1]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  run = subprocess.run([sys.executable, "-m", "data_prep.build", f"--flagfile={flagfile}"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  assert run.returncode == 0, run.stderr[-2000:]
-  assert "Dataset directory (pass to training):" in run.stdout
-  target = run.stdout.strip().splitlines()[-1].split(": ", 1)[1]
   check = ("import sys, tensorflow_datasets as tfds; b = tfds.builder_from_directory(sys.argv[1]);"
            "n = b.info.splits['train'].num_examples;"
            "assert 'data_prep' not in sys.modules; print(n)")

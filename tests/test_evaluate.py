@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -120,17 +118,15 @@ def test_bad_arguments_say_what_to_do(phantom_dir, model_dir, tmp_path):
     evaluate.evaluate(folder, checkpoint="epoch_0099", data_dir=phantom_dir, verbose=False)
 
 
-def test_command_line_with_flagfile(phantom_dir, model_dir, tmp_path):
+def test_command_line_with_flagfile(phantom_dir, model_dir, tmp_path, entry_points):
   folder, _ = model_dir
   out = tmp_path / "cli"
   flagfile = tmp_path / "eval.cfg"
   flagfile.write_text(f"--model={folder}\n--data_dir={phantom_dir}\n--split=val\n"
                       f"--output_dir={out}\n--overlays=0\n--batch_size=3\n")
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run([sys.executable, "-m", "aop_tf.evaluate", f"--flagfile={flagfile}"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "mre_512" in proc.stdout and "AoP error deg" in proc.stdout
+  code, stdout, stderr = entry_points.run("aop_tf.evaluate", [f"--flagfile={flagfile}"])
+  assert code == 0, stderr[-3000:]
+  assert "mre_512" in stdout and "AoP error deg" in stdout
   assert len(_read_csv(out / "per_image.csv")) == N_VAL
   assert json.loads((out / "report.json").read_text())["batch_size"] == 3
   assert not (out / "overlays").exists()

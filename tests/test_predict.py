@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -153,35 +151,29 @@ def test_load_rejects_other_paths(tmp_path):
     predictor.load(str(tmp_path))
 
 
-def _run_cli(args, cwd):
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-         "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  return subprocess.run([sys.executable, "-m", "aop_tf.predict", *args], capture_output=True,
-                        text=True, cwd=cwd, env=env)
-
-
-def test_cli_csv_json_and_overlays(setup, tmp_path):
+def test_cli_csv_json_and_overlays(setup, tmp_path, entry_points):
   d = setup["images_dir"]
   flagfile = tmp_path / "predict.cfg"
   flagfile.write_text(f"--model={setup['export_dir']}\n--inputs={d}/*.png,{d}/sub,{d}/f.jpg\n"
                       f"--output={tmp_path / 'out.csv'}\n--overlay_dir={tmp_path / 'overlays'}\n"
                       "--batch_size=2\n--nobfloat16\n")  # float32, to compare with TFLite
-  result = _run_cli([f"--flagfile={flagfile}"], REPO)
-  assert result.returncode == 0, result.stdout + result.stderr
+  code, stdout, stderr = entry_points.run("aop_tf.predict", [f"--flagfile={flagfile}"])
+  assert code == 0, stdout + stderr
   with open(tmp_path / "out.csv") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == len(setup["good"])
   assert list(rows[0]) == (["filename", "PS1_x", "PS1_y", "PS2_x", "PS2_y", "FH1_x", "FH1_y",
                             "aop_deg", "PS1_confidence", "PS2_confidence", "FH1_confidence",
                             "low_confidence", "degenerate"])
-  assert "2 skipped" in result.stdout
-  assert "broken.png" in result.stderr and "empty.png" in result.stderr
+  assert "2 skipped" in stdout
+  assert "broken.png" in stderr and "empty.png" in stderr
   overlays = sorted(os.listdir(tmp_path / "overlays"))
   assert len(overlays) == len(setup["good"]) and "sub__d.png" in overlays
 
-  result = _run_cli([f"--model={setup['export_dir']}/model.tflite", f"--inputs={d}",
-                     f"--output={tmp_path / 'out.json'}"], REPO)
-  assert result.returncode == 0, result.stdout + result.stderr
+  code, stdout, stderr = entry_points.run("aop_tf.predict", [
+      f"--model={setup['export_dir']}/model.tflite", f"--inputs={d}",
+      f"--output={tmp_path / 'out.json'}"])
+  assert code == 0, stdout + stderr
   with open(tmp_path / "out.json") as f:
     payload = json.load(f)
   assert payload["n_images"] == len(setup["good"]) and payload["n_failed"] == 2

@@ -4,18 +4,16 @@ Every entry point (`data_prep.build`, `aop_tf.train`, `aop_tf.evaluate`, `aop_tf
 `aop_tf.predict`) gets unknown flag values, unknown flags, a missing flagfile, missing required
 flags and missing data or model directories.
 
-Starting Python + TensorFlow once per case would take minutes, so the fast test starts one helper
-process that imports the libraries once and forks a child per case; the child runs the entry point
-exactly as `python -m` does (`runpy`, `__main__`, the given argv). The slow test runs every case as
-a real `python -m` subprocess.
+Starting Python + TensorFlow once per case would take minutes, so the fast test runs each case in a
+fork of one preloaded process (`helpers.EntryPoints`); the child runs the entry point exactly as
+`python -m` does (`runpy`, `__main__`, the given argv). The slow test runs every case as a real
+`python -m` subprocess.
 """
 
-import json
 import os
 import subprocess
 import sys
 
-import keras
 import pytest
 
 from aop_tf import config
@@ -25,13 +23,6 @@ from aop_tf.model import build_unet
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = ("data_prep.build", "aop_tf.train", "aop_tf.evaluate", "aop_tf.export",
                 "aop_tf.predict", "benchmarks.profile")
-# Libraries the entry points share, imported once by the helper (not the entry modules: runpy
-# must find them unimported, as `python -m` does).
-PRELOAD = ("tensorflow", "keras", "tensorflow_datasets", "cv2", "aop_tf.data", "aop_tf.model",
-           "aop_tf.losses", "aop_tf.callbacks", "aop_tf.metrics", "aop_tf.serving",
-           "aop_tf.visualize", "aop_tf.model_dir", "aop_tf.cli", "aop_tf.config",
-           "aop_tf.predictor", "aop_tf.io.labels",
-           "data_prep.masks", "data_prep.phantom", "data_prep.tfds_builder")
 # TensorFlow's C++ start-up notes, printed before any of our code runs.
 NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ")
 
@@ -106,53 +97,6 @@ def workspace(tmp_path_factory):
   return str(tmp)
 
 
-def _driver():
-  """Helper process: reads [[module, argv], ...] as JSON from stdin, runs each in a forked child,
-  writes [[exit code, output], ...] as JSON to stdout."""
-  import importlib  # pylint: disable=import-outside-toplevel
-  import runpy  # pylint: disable=import-outside-toplevel
-  import signal  # pylint: disable=import-outside-toplevel
-  import traceback  # pylint: disable=import-outside-toplevel
-  cases = json.load(sys.stdin)
-  for name in PRELOAD:
-    importlib.import_module(name)
-  results = []
-  for module, argv in cases:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: the entry point, its stdout and stderr into the pipe
-      os.close(read_fd)
-      os.dup2(write_fd, 1)
-      os.dup2(write_fd, 2)
-      signal.alarm(60)
-      code = 0
-      try:
-        sys.argv = [module, *argv]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-      except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-      except BaseException:  # pylint: disable=broad-except
-        traceback.print_exc()
-        code = 99
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(code)
-    os.close(write_fd)
-    chunks = []
-    while True:
-      chunk = os.read(read_fd, 65536)
-      if not chunk:
-        break
-      chunks.append(chunk)
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    results.append([code, b"".join(chunks).decode("utf-8", "replace")])
-  sys.stdout.write("\n@@RESULTS@@" + json.dumps(results))
-
-
 def _env():
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -175,18 +119,12 @@ def _check(module, argv, expected, code, output):
   assert lines[-1].startswith(prefixes), where
 
 
-def test_every_entry_point_reports_bad_flags_in_one_line(workspace):
+def test_every_entry_point_reports_bad_flags_in_one_line(workspace, entry_points):
   cases = _cases(workspace)
   assert {module for module, _, _ in cases} == set(ENTRY_POINTS)
-  script = (f"import sys; sys.path.insert(0, {REPO!r}); sys.path.insert(0, "
-            f"{os.path.join(REPO, 'tests')!r}); import test_robustness_cli as t; t._driver()")
-  proc = subprocess.run([sys.executable, "-c", script], input=json.dumps(
-      [[module, argv] for module, argv, _ in cases]), capture_output=True, text=True, cwd=REPO,
-      env=_env(), timeout=600)
-  assert "@@RESULTS@@" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
-  results = json.loads(proc.stdout.split("@@RESULTS@@")[-1])
-  for (module, argv, expected), (code, output) in zip(cases, results):
-    _check(module, argv, expected, code, output)
+  for module, argv, expected in cases:
+    code, stdout, stderr = entry_points.run(module, argv, timeout=60)
+    _check(module, argv, expected, code, stdout + stderr)
 
 
 @pytest.mark.slow

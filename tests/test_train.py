@@ -12,16 +12,15 @@ import subprocess
 import sys
 import time
 
-from absl import flags
 import keras
 import numpy as np
 import pytest
 
-from aop_tf import callbacks as callbacks_lib
 from aop_tf import config
 from aop_tf import model_dir as model_dir_lib
 from aop_tf import task
 from aop_tf import train
+import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "aop_tf", "configs")
@@ -34,12 +33,7 @@ RESUME_ATOL = 1e-6
 
 
 def _config(data_dir, model_dir, **changes):
-  return config.RunSpec().replace(**{
-      **dict(data_dir=data_dir, model_dir=str(model_dir), input_size=64, input_channels=1,
-             base_filters=4, depth=2, heatmap_size=16, sigma_cells=1.0, learning_rate=1e-3,
-             lr_schedule="step", lr_step_epochs=2, epochs=3, batch_size=4, checkpoint_every=2,
-             num_tb_images=2, decode_method="dark", decode_blur_sigma=1.0, verbose=0),
-      **changes})
+  return helpers.train_spec(data_dir, model_dir, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -165,16 +159,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference_run, phantom_di
   assert model_dir_lib.read_json(str(model_dir / "state.json"))["epoch"] == 3
 
 
-def test_time_budget_stops_after_the_epoch(phantom_dir, tmp_path):
-  spec = _config(phantom_dir, tmp_path / "budget", max_train_minutes=1e-6, num_tb_images=0,
-                 val_every=5)
-  result = train.train(spec)
-  assert (result.stop_reason, result.epochs_done) == ("time_budget", 1)
-  assert "val_mre_512" in result.history  # validated at the last epoch although val_every=5
-  again = train.train(spec)  # budget already spent: nothing more
-  assert (again.stop_reason, again.epochs_done) == ("time_budget", 1)
-
-
 def test_resume_refuses_other_settings(reference_run, phantom_dir):
   with pytest.raises(train.ConfigError, match="--batch_size: 4 -> 2"):
     train.train(_config(phantom_dir, reference_run.model_dir, batch_size=2))
@@ -182,53 +166,6 @@ def test_resume_refuses_other_settings(reference_run, phantom_dir):
     train.train(_config(phantom_dir, reference_run.model_dir, resume=False))
   done = train.train(_config(phantom_dir, reference_run.model_dir))
   assert done.epochs_done == 3
-
-
-def test_segmentation_head_and_other_losses(phantom_dir, tmp_path):
-  spec = _config(phantom_dir, tmp_path / "seg", seg_classes=3, seg_loss_weight=0.5,
-                 loss="awing", heatmap_scale=2.0, epochs=1, augment=True, num_tb_images=1)
-  result = train.train(spec)
-  for key in ("heatmaps_loss", "segmentation_loss", "val_segmentation_loss", "val_mre_px"):
-    assert all(math.isfinite(v) for v in result.history[key]), key
-
-
-def test_callbacks_must_run_in_their_order():
-  status = callbacks_lib.RunStatus(2)
-  guard = callbacks_lib.StopGuard(status)
-  validation = callbacks_lib.Validation(status, None, None, None, 1, 1)
-  checkpointer = callbacks_lib.Checkpointer(status, "m", 0, {})
-  callbacks_lib.check_order([keras.callbacks.Callback(), guard, validation, checkpointer])
-  # Checkpointer before Validation would save best_val_mre from the previous epoch's figures.
-  with pytest.raises(ValueError, match="out of order"):
-    callbacks_lib.check_order([guard, checkpointer, validation])
-  with pytest.raises(ValueError, match="out of order"):
-    callbacks_lib.check_order([guard, keras.callbacks.Callback(), validation])
-
-
-def test_aop_loss_refuses_non_square_images(tmp_path):
-  # The AoP term is measured on the square heatmap grid, which is not the image's angle on a
-  # non-square image; such data is refused before anything trains.
-  from data_prep import build  # pylint: disable=import-outside-toplevel
-  import cv2  # pylint: disable=import-outside-toplevel
-  folder = tmp_path / "wide"
-  folder.mkdir()
-  rows = ["Filename,PS1,PS2,FH1"]
-  for i in range(4):
-    cv2.imwrite(str(folder / f"{i}.png"), np.full((48, 64), 60 + i, np.uint8))
-    rows.append(f'{i}.png,"(40, 10)","(20, 12)","(50, 40)"')
-  (folder / "train.csv").write_text("\n".join(rows) + "\n")
-  data_dir = build.build_dataset("csv", data_dir=str(folder), out_dir=str(tmp_path / "ds"),
-                                 verbose=False)
-  spec = _config(data_dir, tmp_path / "run", val_split="", loss="softmax_ce",
-                 aop_loss_weight=0.1)
-  with pytest.raises(ValueError, match="needs square images.*0.png of .* is 64x48"):
-    train.train(spec)
-  assert not os.path.exists(tmp_path / "run" / "config.json")
-
-
-def test_missing_data_dir_is_a_config_error(tmp_path):
-  with pytest.raises(train.ConfigError, match="does not exist"):
-    train.train(_config(str(tmp_path / "nothing"), tmp_path / "run"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,17 +217,3 @@ def test_cli_sigterm_exits_cleanly(phantom_dir, tmp_path):
   model = keras.saving.load_model(model_dir_lib.checkpoint_path(str(model_dir), "latest"),
                                   compile=False)
   assert epoch >= 1 and model is not None
-
-
-def test_mixed_precision_trains_resumes_and_evaluates_in_float32(phantom_dir, tmp_path):
-  spec = _config(phantom_dir, tmp_path / "bf16", mixed_precision=True, seg_classes=3,
-                 loss="softmax_ce", epochs=1, num_tb_images=1)
-  result = train.train(spec)
-  assert all(math.isfinite(v) for v in result.history["loss"])
-  assert model_dir_lib.read_spec(str(tmp_path / "bf16")).model.mixed_precision is True
-  again = train.train(spec.replace(epochs=2))
-  assert again.epochs_done == 2
-  model, _ = model_dir_lib.load_model(str(tmp_path / "bf16"))
-  assert model.get_layer("enc1_conv1").dtype_policy.name == "float32"
-  with pytest.raises(train.ConfigError, match="--mixed_precision"):
-    train.train(spec.replace(mixed_precision=False, epochs=3))
