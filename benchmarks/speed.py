@@ -271,9 +271,15 @@ def section_infer(model_dir, exports, images):
   codec = spec.heatmap_codec()
   # XLA compiles the model only: it has no kernel for the antialiased resize (ScaleAndTranslate).
   compiled = tf.function(lambda x: model(x, training=False), jit_compile=True)
+
+  class _Compiled:  # the model as serving sees it (its input shape), run XLA-compiled
+    input_shape = model.input_shape
+
+    def __call__(self, x, training=False):
+      return compiled(x)
+
   for xla in (False, True):
-    body = (lambda x, training=False: compiled(x)) if xla else model
-    fn = tf.function(serving.images_fn(body, codec))
+    fn = tf.function(serving.images_fn(_Compiled() if xla else model, codec))
     for b in batch_sizes:
       batches = _batches(images, b)
       seconds = time_calls(lambda x: _numpy(fn(x)), batches)

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aop_tf import geometry
 from aop_tf import metrics
 
 

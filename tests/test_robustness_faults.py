@@ -15,7 +15,6 @@ import glob
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
