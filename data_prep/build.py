@@ -1,10 +1,14 @@
-"""Builds the TFDS dataset of one source: `python -m data_prep.build --source=csv|masks|phantom`.
+"""Builds the TFDS dataset of one source: `python -m data_prep.build --source=csv|masks|phantom|images`.
 
 Examples:
   python -m data_prep.build --source=phantom --phantom_train=64 --phantom_val=16
   python -m data_prep.build --source=csv --data_dir=../shared/data/psfhs
   python -m data_prep.build --source=masks            # PSFHS masks -> landmarks by the IUGC rule
-  python -m data_prep.build --source=csv --data_dir=/data/iugc --csv=train:a.csv,val:b.csv
+  python -m data_prep.build --source=csv --data_dir=/data/iugc --csv=train:a.csv,val:b.csv \
+      --unlabeled_dir=/data/iugc/unlabeled           # + an `unlabeled` split of images
+  python -m data_prep.build --source=images --data_dir=/data/scans    # only an `unlabeled` split
+  python -m data_prep.build --source=masks --labeled_list=benchmarks/ssl/psfhs_labeled_300.txt
+      # scarce labels simulated: train rows not in the list become the `unlabeled` split
 
 The dataset lands in `<out_dir>/aop_landmarks/1.0.0` (out_dir defaults to `data/<source>` in the
 repo); that path is printed at the end, to pass to training. Bad inputs are skipped and counted
@@ -24,10 +28,11 @@ import time
 import numpy as np
 
 from aop_tf import geometry
-from aop_tf.io.records import SPLITS, InputError
-from data_prep import phantom, tfds_builder
+from aop_tf.io import images
+from aop_tf.io.records import SPLITS, UNLABELED, InputError
+from data_prep import phantom, tfds_builder, unlabeled
 
-SOURCES = ("csv", "masks", "phantom")
+SOURCES = ("csv", "masks", "phantom", "images")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PSFHS_ENV = "AOP_PSFHS_DIR"
 DEFAULT_PHANTOM_COUNTS = {"train": 64, "val": 16, "test": 0}
@@ -87,8 +92,26 @@ class _Tally:
 
 
 def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, phantom_size,
-                 phantom_seed, csv_encoding="auto"):
+                 phantom_seed, csv_encoding="auto", unlabeled_dir=None):
   """-> ({split: (total rows, iterator of Record | InputError)}, description)."""
+  seen = {}  # filename -> split, shared so that a file is used by one split only
+  if source == "images":
+    splits, description = {}, ""
+  else:
+    splits, description = _open_labeled(source, data_dir, csv, image_dir, split_spec,
+                                        phantom_counts, phantom_size, phantom_seed, csv_encoding,
+                                        seen)
+  extra = data_dir if source == "images" else unlabeled_dir
+  if extra:
+    root, paths = unlabeled.find_images(extra)
+    splits[UNLABELED] = (len(paths), unlabeled.iter_records(paths, root, seen, UNLABELED))
+    description += f" Unlabeled images from {extra}."
+  return splits, description.strip()
+
+
+def _open_labeled(source, data_dir, csv, image_dir, split_spec, phantom_counts, phantom_size,
+                  phantom_seed, csv_encoding, seen):
+  """`_open_source` of the labeled sources."""
   if source == "phantom":
     counts = dict(DEFAULT_PHANTOM_COUNTS if phantom_counts is None else phantom_counts)
     unknown = set(counts) - set(SPLITS)
@@ -102,8 +125,6 @@ def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, p
       raise ValueError("phantom: every split count is 0; ask for at least one example")
     return splits, (f"Synthetic phantom, {phantom_size}x{phantom_size}, seed {phantom_seed}; "
                     "landmarks from the ellipse geometry.")
-
-  seen = {}  # filename -> split, shared so that a file is used by one split only
   if source == "csv":
     from aop_tf.io import labels  # pylint: disable=import-outside-toplevel
     csv_paths = labels.find_split_csvs(data_dir, parse_split_map(csv))
@@ -133,7 +154,8 @@ def _log(verbose, message):
 
 def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=None,
                   split_spec=None, phantom_counts=None, phantom_size=256, phantom_seed=0,
-                  limit=None, strict=False, overwrite=False, verbose=True, csv_encoding="auto"):
+                  limit=None, strict=False, overwrite=False, verbose=True, csv_encoding="auto",
+                  unlabeled_dir=None, labeled_list=None):
   """Reads one source, validates every input and writes the TFDS dataset.
 
   Args:
@@ -154,6 +176,10 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
     verbose: print progress and the summary.
     csv_encoding: encoding of the CSVs: "auto" (UTF-8, or UTF-16/32 by byte-order mark) or a
       Python codec name such as "cp1252".
+    unlabeled_dir: a folder (recursively), glob or file of images without labels, written to the
+      `unlabeled` split (source "images": `data_dir` itself).
+    labeled_list: a file of train file names (one per line) to keep labeled; the other train
+      examples go to the `unlabeled` split without landmarks or masks (scarce labels, simulated).
 
   Returns:
     The dataset directory (str) holding `dataset_info.json`, for `tfds.builder_from_directory`.
@@ -161,7 +187,9 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
   start = time.time()
   if source not in SOURCES:
     raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
-  if source != "phantom":
+  if source == "images" and not data_dir:
+    raise ValueError("--source=images needs --data_dir: a folder, glob or file of images")
+  if source not in ("phantom", "images"):
     data_dir = data_dir or default_psfhs_dir()
     if not os.path.isdir(data_dir):
       raise FileNotFoundError(
@@ -174,8 +202,10 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
                             "rebuild it or choose another --out_dir")
     shutil.rmtree(target)
 
+  keep = unlabeled.read_list(labeled_list) if labeled_list else None
   splits, description = _open_source(source, data_dir, csv, image_dir, split_spec,
-                                     phantom_counts, phantom_size, phantom_seed, csv_encoding)
+                                     phantom_counts, phantom_size, phantom_seed, csv_encoding,
+                                     unlabeled_dir)
   tally = _Tally()
   examples_by_split = {}
   for split, (total, items) in splits.items():
@@ -184,6 +214,8 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
       total = min(total, int(split_limit))
       items = itertools.islice(items, int(split_limit))
     records = _read_split(f"{source}/{split}", split, items, total, tally, strict, verbose)
+    if split == "train" and keep is not None:
+      records = _split_off_unlabeled(records, keep, examples_by_split, tally, labeled_list)
     if not records:
       _log(verbose, f"[{source}/{split}] no usable examples; split left out")
       continue
@@ -196,7 +228,8 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
   summary = {
       "source": source,
       "data_dir": os.path.abspath(data_dir) if data_dir else None,
-      "splits": tally.as_dict(list(splits)),
+      "labeled_list": os.path.abspath(labeled_list) if labeled_list else None,
+      "splits": tally.as_dict(list(dict.fromkeys([*splits, *examples_by_split]))),
       "skipped_inputs": [{"split": s, "message": m} for s, m in tally.messages],
   }
   _log(verbose, f"[{source}] writing TFRecord shards to {target}")
@@ -206,10 +239,28 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
   return target
 
 
+def _split_off_unlabeled(records, keep, examples_by_split, tally, list_path):
+  """The train examples named in `keep`; the others join the `unlabeled` split, unlabeled."""
+  names = {ex["filename"] for ex in records}
+  missing = sorted(keep - names)
+  if missing:
+    raise ValueError(f"--labeled_list {list_path}: {len(missing)} names are not train examples "
+                     f"(first: {missing[:3]}); list train file names, one per line")
+  empty_png = images.encode_png(np.zeros((1, 1), np.uint8))
+  labeled = [ex for ex in records if ex["filename"] in keep]
+  moved = [unlabeled.relabel(ex, empty_png) for ex in records if ex["filename"] not in keep]
+  examples_by_split.setdefault(UNLABELED, []).extend(moved)
+  # Counted where they go, so that written + skipped = read holds in both splits.
+  tally.skipped["train"]["to unlabeled (--labeled_list)"] += len(moved)
+  tally.read[UNLABELED] += len(moved)
+  tally.written[UNLABELED] += len(moved)
+  return labeled
+
+
 def _read_split(name, split, items, total, tally, strict, verbose):
   """The examples (`tfds_builder.encode_record` dicts with `aop_deg`) of one split's inputs;
   refused inputs are counted in `tally` (or raised when `strict`)."""
-  records = []
+  records, unlabeled_examples = [], []
   every = max(10, total // 10)
   split_start = time.time()
   for item in items:
@@ -218,17 +269,20 @@ def _read_split(name, split, items, total, tally, strict, verbose):
       if strict:
         raise item
       tally.skip(split, item)
+    elif item.landmarks is None:  # an unlabeled image: nothing to check beyond decoding
+      unlabeled_examples.append(tfds_builder.encode_record(item, np.nan))
     else:  # encoded now (PNG bytes) so raw pixels are not held for a whole split
       records.append((item.where or item.filename, item.landmarks,
                       tfds_builder.encode_record(item, np.nan)))
     if tally.read[split] % every == 0 or tally.read[split] == total:
-      _log(verbose, f"[{name}] {tally.read[split]}/{total} rows read, {len(records)} ok, "
+      _log(verbose, f"[{name}] {tally.read[split]}/{total} rows read, "
+           f"{len(records) + len(unlabeled_examples)} ok, "
            f"{sum(tally.skipped[split].values())} skipped ({time.time() - split_start:.1f} s)")
   if not records:
-    return []
+    return unlabeled_examples
   # One vectorised AoP per split; NaN = coincident points, refused like any bad input.
   aops = geometry.aop_deg(np.stack([landmarks for _, landmarks, _ in records])).numpy()
-  kept = []
+  kept = unlabeled_examples
   for (where, landmarks, example), aop in zip(records, aops):
     if np.isnan(aop):
       error = InputError(f"{where}: PS1 coincides with PS2 or FH1 {landmarks.tolist()}; the "
@@ -263,10 +317,10 @@ def _write(out_dir, examples_by_split, description, summary, data_dir):
 
 def _print_summary(source, summary, tally, seconds, target):
   print(f"\nSummary: source={source}, {seconds:.1f} s")
-  print(f"  {'split':<6} {'read':>6} {'written':>8} {'skipped':>8}  reasons")
+  print(f"  {'split':<9} {'read':>6} {'written':>8} {'skipped':>8}  reasons")
   for split, row in summary["splits"].items():
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(row["skipped"].items())) or "-"
-    print(f"  {split:<6} {row['read']:>6} {row['written']:>8} "
+    print(f"  {split:<9} {row['read']:>6} {row['written']:>8} "
           f"{sum(row['skipped'].values()):>8}  {reasons}")
   if tally.messages:
     print(f"Skipped inputs ({len(tally.messages)}):")
@@ -286,15 +340,15 @@ def main(argv):
       f.source, data_dir=f.data_dir, out_dir=f.out_dir, csv=f.csv, image_dir=f.image_dir,
       split_spec=f.split_spec, phantom_counts=counts, phantom_size=f.phantom_size,
       phantom_seed=f.phantom_seed, limit=f.limit, strict=f.strict, overwrite=f.overwrite,
-      csv_encoding=f.csv_encoding)
+      csv_encoding=f.csv_encoding, unlabeled_dir=f.unlabeled_dir, labeled_list=f.labeled_list)
   return 0
 
 
 def _define_flags():
   from absl import flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_enum("source", "phantom", list(SOURCES), "Input kind.")
-  flags.DEFINE_string("data_dir", None, "Input folder (csv/masks). Default: $AOP_PSFHS_DIR or "
-                      "../shared/data/psfhs.")
+  flags.DEFINE_string("data_dir", None, "Input folder (csv/masks; images: a folder, glob or "
+                      "file). Default: $AOP_PSFHS_DIR or ../shared/data/psfhs.")
   flags.DEFINE_string("out_dir", None, "Output root. Default: data/<source> in the repo.")
   flags.DEFINE_string("csv", None, "Split CSVs, e.g. train:a.csv,val:b.csv. Default: "
                       "train.csv/val.csv/test.csv found in --data_dir.")
@@ -310,6 +364,11 @@ def _define_flags():
   flags.DEFINE_integer("limit", None, "Read at most this many rows per split (for quick tests).")
   flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of skipping it.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out_dir.")
+  flags.DEFINE_string("unlabeled_dir", None, "Images without labels (a folder, searched "
+                      "recursively, a glob or a file) for the `unlabeled` split.")
+  flags.DEFINE_string("labeled_list", None, "File of train file names (one per line) that keep "
+                      "their labels; the other train images go to the `unlabeled` split without "
+                      "landmarks or masks (to simulate scarce labels).")
   flags.DEFINE_string("csv_encoding", "auto", "Encoding of the CSVs: auto (UTF-8, or UTF-16/32 "
                       "by byte-order mark) or a Python codec name, e.g. cp1252.")
 

@@ -48,7 +48,8 @@ def encode_record(record, aop_deg):
   if mask.shape != image.shape or mask.dtype != np.uint8:
     raise ValueError(f"{record.filename}: mask {mask.dtype} {mask.shape} does not match image "
                      f"{image.shape}")
-  landmarks = np.asarray(record.landmarks, np.float32)
+  landmarks = (np.full((3, 2), np.nan, np.float32) if record.landmarks is None
+               else np.asarray(record.landmarks, np.float32))
   if landmarks.shape != (3, 2):
     raise ValueError(f"{record.filename}: landmarks must be [3, 2], got {landmarks.shape}")
   return {

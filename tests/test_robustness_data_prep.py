@@ -311,8 +311,8 @@ def test_build_accounts_for_every_row(messy, tmp_path, capsys):
     assert split["read"] == split["written"] + sum(split["skipped"].values())
   assert len(meta["skipped_inputs"]) == 8
   assert all(" line " in s["message"] for s in meta["skipped_inputs"])
-  assert "train       9        3        6" in printed
-  assert "val         3        1        2" in printed
+  assert "train          9        3        6" in printed
+  assert "val            3        1        2" in printed
 
 
 def test_strict_stops_at_the_first_bad_row(messy, tmp_path):

@@ -9,7 +9,8 @@ import typing
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "unlabeled")
+UNLABELED = "unlabeled"  # images without landmarks (for semi-supervised training)
 
 
 class InputError(ValueError):
@@ -31,12 +32,13 @@ class Record:
   Attributes:
     filename: path relative to the image folder (POSIX separators).
     image: uint8 [H, W] gray, original size.
-    landmarks: float32 [3, 2] `(x, y)` original pixels, order PS1, PS2, FH1.
+    landmarks: float32 [3, 2] `(x, y)` original pixels, order PS1, PS2, FH1; None for an
+      unlabeled image.
     mask: uint8 [H, W] labels (0 bg, 1 pubic symphysis, 2 fetal head), or None.
     where: where it came from, for messages (e.g. "train.csv line 7").
   """
   filename: str
   image: np.ndarray
-  landmarks: np.ndarray
+  landmarks: typing.Optional[np.ndarray]
   mask: typing.Optional[np.ndarray] = None
   where: str = ""
