@@ -70,10 +70,13 @@ def scale_matrix(from_size, to_size):
 
 
 def transform_points(points, matrix):
-  """Applies a [3, 3] affine `matrix` to points [..., 2] `(x, y)`; returns float32 [..., 2]."""
+  """Applies an affine `matrix` to `(x, y)` points: [3, 3] to [..., 2], or one matrix per
+  example, [B, 3, 3] to [B, K, 2]. Returns float32 points of the same shape."""
   points = tf.cast(tf.convert_to_tensor(points), tf.float32)
   m = tf.cast(matrix, tf.float32)
-  return tf.linalg.matvec(m[:2, :2], points) + m[:2, 2]
+  if len(m.shape) == 3:
+    m = m[:, None]  # [B, 1, 3, 3]: one matrix for the K points of each example
+  return tf.linalg.matvec(m[..., :2, :2], points) + m[..., :2, 2]
 
 
 def warp(image, output_to_input, output_size, interpolation="bilinear", fill_value=0.0):
@@ -201,14 +204,16 @@ def augment(image, landmarks_px, seed, spec):
 
   Args:
     image: float32 [S, S, C] (any H, W) in 0..255, e.g. from `data.preprocess_image`.
-    landmarks_px: [K, 2] `(x, y)` in the pixels of `image`.
+    landmarks_px: [K, 2] `(x, y)` in the pixels of `image`, or None (an unlabeled image: no warp
+      is redrawn to keep landmarks inside).
     seed: [2] stateless seed, e.g. `example_seed(seed, epoch, index)`.
     spec: `config.AugmentSpec`.
 
   Returns:
     image: float32 [S, S, C] in 0..255.
-    landmarks_px: float32 [K, 2], moved with the same matrix as the image.
-    forward: float32 [3, 3] input -> output matrix (to warp masks the same way).
+    landmarks_px: float32 [K, 2], moved with the same matrix as the image (None without).
+    forward: float32 [3, 3] input -> output matrix (to warp masks, or move predicted points, the
+      same way).
   """
   height, width = int(image.shape[0]), int(image.shape[1])
   forward = random_affine(seed, spec, (width, height), landmarks_px)
@@ -216,4 +221,5 @@ def augment(image, landmarks_px, seed, spec):
                spec.fill_value)
   # Erase before the intensity changes (see `random_erase`).
   image = random_intensity(random_erase(image, seed, spec), seed, spec)
-  return image, transform_points(landmarks_px, forward), forward
+  moved = None if landmarks_px is None else transform_points(landmarks_px, forward)
+  return image, moved, forward

@@ -181,7 +181,9 @@ class Validation(keras.callbacks.Callback):
   `(x, y)` pairs. Runs every `val_every` epochs, at the last epoch and when the time budget runs
   out (not after a stop signal); adds to the epoch logs `val_loss` (and per-output losses),
   `val_mre_px`, `val_mre_512`, `val_aop_error_deg` (means over images), and keeps the full
-  `metrics.report` in `status.val["report"]`. `codec`: the run's `codec.HeatmapCodec`.
+  `metrics.report` in `status.val["report"]`. `codec`: the run's `codec.HeatmapCodec`. A model with
+  several `networks` (`semi.MeanTeacher`) is measured for each: the first (the one that predicts)
+  gives the figures above, the others `val_<name>_mre_512` and so on.
   """
 
   def __init__(self, status, dataset, keras_dataset, codec, val_every, epochs):
@@ -192,7 +194,7 @@ class Validation(keras.callbacks.Callback):
     self.codec = codec
     self.val_every = max(1, int(val_every))
     self.epochs = epochs
-    self._predictor = None
+    self._predictors = None
 
   def due(self, epoch):
     # Not after a stop request: the checkpoint should be written without delay.
@@ -206,22 +208,30 @@ class Validation(keras.callbacks.Callback):
     if self.dataset is None or not self.status.epoch_complete() or not self.due(epoch):
       return
     losses = self.model.evaluate(self.keras_dataset, verbose=0, return_dict=True)
-    if self._predictor is None:  # traced once, reused every epoch
-      self._predictor = predictor_lib.KerasPredictor(self.model, self.codec)
-    pred, gt, size = [], [], []
-    for batch in self.dataset:
-      pred.append(self._predictor.predict_prepared(batch["image"], batch["size_px"])["landmarks"])
-      gt.append(batch["landmarks"].numpy())
-      size.append(batch["size_px"].numpy())
-    report = metrics.report(metrics.per_image_errors(np.concatenate(pred), np.concatenate(gt),
-                                                     np.concatenate(size)))
+    if self._predictors is None:  # traced once, reused every epoch
+      networks = getattr(self.model, "networks", {"": self.model})
+      self._predictors = {name: predictor_lib.KerasPredictor(net, self.codec)
+                          for name, net in networks.items()}
     values = {f"val_{name}": float(value) for name, value in losses.items()}
-    values.update(val_mre_px=_none_to_nan(report["mre_px"]["mean"]),
-                  val_mre_512=_none_to_nan(report["mre_512"]["mean"]),
-                  val_aop_error_deg=_none_to_nan(report["aop_error_deg"]["mean"]))
+    reports = {name: self._report(p) for name, p in self._predictors.items()}
+    for i, (name, report) in enumerate(reports.items()):
+      prefix = "val_" if i == 0 else f"val_{name}_"
+      values.update({prefix + "mre_px": _none_to_nan(report["mre_px"]["mean"]),
+                     prefix + "mre_512": _none_to_nan(report["mre_512"]["mean"]),
+                     prefix + "aop_error_deg": _none_to_nan(report["aop_error_deg"]["mean"])})
     if logs is not None:
       logs.update(values)
-    self.status.val = dict(values, report=report)
+    self.status.val = dict(values, report=next(iter(reports.values())))
+
+  def _report(self, predictor):
+    """`metrics.report` of one network on the validation batches."""
+    pred, gt, size = [], [], []
+    for batch in self.dataset:
+      pred.append(predictor.predict_prepared(batch["image"], batch["size_px"])["landmarks"])
+      gt.append(batch["landmarks"].numpy())
+      size.append(batch["size_px"].numpy())
+    return metrics.report(metrics.per_image_errors(np.concatenate(pred), np.concatenate(gt),
+                                                   np.concatenate(size)))
 
 
 class TensorBoardLogger(keras.callbacks.Callback):
@@ -229,8 +239,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
   Scalars: `loss/train`, `loss/val` (and per-output losses), `learning_rate`,
   `val_mre_px/<landmark|mean>`, `val_mre_512/...`, `val_aop_error_deg/{mean,median,p90}`,
-  `epoch_seconds` (training steps, without validation), `train_images_per_s`. Images (validation
-  epochs): `val/overlay` (ground truth green, prediction orange, with the AoP arcs) and
+  `epoch_seconds` (training steps, without validation), `train_images_per_s`; semi-supervised runs
+  add `unlabeled_loss/train`, `semi/pseudo_kept`, `semi/unlabeled_weight` and the other network's
+  `val_student/mre_512` (or `val_teacher/...`) and `.../aop_error_deg`. Images (validation
+  epochs, of the network that predicts): `val/overlay` (ground truth green, prediction orange, with the AoP arcs) and
   `val/heatmaps` (image | PS1 | PS2 | FH1, the paper's Figure 3) for a fixed set of validation
   images.
 
@@ -281,6 +293,14 @@ class TensorBoardLogger(keras.callbacks.Callback):
           tf.summary.scalar(f"{base}/{split}", float(value))
       if "learning_rate" in logs:
         tf.summary.scalar("learning_rate", logs["learning_rate"])
+      for name in ("pseudo_kept", "unlabeled_weight"):  # semi-supervised runs
+        if name in logs:
+          tf.summary.scalar(f"semi/{name}", float(logs[name]))
+      for name, value in logs.items():  # the other networks of a semi-supervised run
+        if name.startswith("val_") and name.endswith(("_mre_512", "_aop_error_deg")) and \
+            name not in ("val_mre_512", "val_aop_error_deg"):
+          network, _, metric = name[len("val_"):].partition("_")
+          tf.summary.scalar(f"val_{network}/{metric}", float(value))
       tf.summary.scalar("epoch_seconds", seconds)
       tf.summary.scalar("train_images_per_s", self.images_per_epoch / max(seconds, 1e-9))
       report = self.status.val.get("report")
@@ -300,7 +320,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
   def pictures(self):
     """Overlays and heatmap panels of the fixed images: two uint8 arrays [N,H,W,3]."""
     batch = self.tb_batch
-    out = predictor_lib.KerasPredictor(self.model, self.codec).predict_prepared(
+    network = getattr(self.model, "inference_network", self.model)
+    out = predictor_lib.KerasPredictor(network, self.codec).predict_prepared(
         batch["image"], batch["size_px"])
     aop_gt = geometry.aop_deg(batch["landmarks"]).numpy()
     side = batch["image"].shape[1]

@@ -1,8 +1,8 @@
 """The run spec: every knob of a training run, typed, documented and checked in one place.
 
 A `RunSpec` nests frozen sections: `model` (the network), `codec` (heatmap targets and their
-decoding), `loss`, `data`, `augment`, `optim` (optimizer and schedule) and `run` (where, how long,
-how loud). Everything else derives from it:
+decoding), `loss`, `data`, `augment`, `optim` (optimizer and schedule), `semi` (the mean teacher
+on unlabeled images) and `run` (where, how long, how loud). Everything else derives from it:
 
   - the flags of `python -m aop_tf.train`: one per field, named like the field (`aug_` before the
     augmentation fields), typed by it, its help the field's line in the section's docstring
@@ -272,6 +272,45 @@ class OptimSpec(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class SemiSpec(_Section):
+  """Semi-supervised training on unlabeled images with a mean teacher (`semi`); off while
+  `unlabeled_split` is empty. The pseudo-label filters' defaults were measured on PSFHS train
+  (benchmarks/RESULTS.md, issue 16): symphysis 75-187 px (512 space), AoP 58-180 deg, and FH1 on
+  the clockwise side of PS1->PS2 (836 of 838 images).
+
+  Attributes:
+    unlabeled_split: Split of --data_dir with unlabeled images (e.g. unlabeled); empty: supervised.
+    unlabeled_batch_size: Unlabeled images per training step, beside --batch_size labeled ones.
+    unlabeled_weight: Weight of the unlabeled loss once ramped up.
+    rampup_epochs: Epochs over which the unlabeled weight ramps up (sigmoid-shaped) from 0.
+    ema_decay: Teacher = EMA of the student's weights with this decay per step.
+    infer_with: Which network a checkpoint predicts with (evaluation, export): the EMA teacher or
+      the student.
+    weak_rotation_deg: Teacher's view: rotation, uniform in [-r, r], degrees (no intensity change).
+    weak_scale_range: Teacher's view: zoom min,max, log-uniform.
+    weak_translate_frac: Teacher's view: shift per axis, fraction of the side.
+    pseudo_min_confidence: A teacher landmark counts only if each of the three peaks reaches this
+      (peak / heatmap_scale).
+    pseudo_ps_length_512: Pubic symphysis length min,max in 512 space, px; outside: dropped.
+    pseudo_aop_range_deg: Teacher AoP min,max, degrees; outside: dropped.
+    pseudo_head_side: Drop landmarks whose FH1 lies on the other side of PS1->PS2 than the head.
+  """
+  unlabeled_split: str = knob("")
+  unlabeled_batch_size: int = knob(8, check="positive")
+  unlabeled_weight: float = knob(1.0, check="non_negative")
+  rampup_epochs: float = knob(10.0, check="non_negative")
+  ema_decay: float = knob(0.99, check="unit")
+  infer_with: str = knob("teacher", choices=("teacher", "student"), resumable=True)
+  weak_rotation_deg: float = knob(5.0, check="non_negative")
+  weak_scale_range: tuple = knob((0.95, 1.05), check="range")
+  weak_translate_frac: float = knob(0.03, check="non_negative")
+  pseudo_min_confidence: float = knob(0.3, check="non_negative")
+  pseudo_ps_length_512: tuple = knob((70.0, 200.0), check="range")
+  pseudo_aop_range_deg: tuple = knob((55.0, 180.0), check="range")
+  pseudo_head_side: bool = knob(True)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunOptions(_Section):
   """Where a run writes, how long it trains, what it logs.
 
@@ -300,7 +339,7 @@ class RunOptions(_Section):
 
 
 SECTIONS = {"model": ModelSpec, "codec": CodecSpec, "loss": LossSpec, "data": DataSpec,
-            "augment": AugmentSpec, "optim": OptimSpec, "run": RunOptions}
+            "augment": AugmentSpec, "optim": OptimSpec, "semi": SemiSpec, "run": RunOptions}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +352,7 @@ class RunSpec:
   data: DataSpec = dataclasses.field(default_factory=DataSpec)
   augment: AugmentSpec = dataclasses.field(default_factory=AugmentSpec)
   optim: OptimSpec = dataclasses.field(default_factory=OptimSpec)
+  semi: SemiSpec = dataclasses.field(default_factory=SemiSpec)
   run: RunOptions = dataclasses.field(default_factory=RunOptions)
 
   def __post_init__(self):
@@ -368,6 +408,14 @@ class RunSpec:
   def augment_or_none(self):
     """The `AugmentSpec` when `data.augment` is on, else None."""
     return self.augment if self.data.augment else None
+
+  def weak_augment(self):
+    """The `AugmentSpec` of the teacher's view of an unlabeled image: a mild warp only."""
+    s = self.semi
+    return AugmentSpec(affine_prob=1.0, rotation_deg=s.weak_rotation_deg,
+                       scale_range=s.weak_scale_range, translate_frac=s.weak_translate_frac,
+                       keep_landmarks_inside=False, intensity_prob=0.0, erase_prob=0.0,
+                       fill_value=self.augment.fill_value)
 
 
 def _flag_table():

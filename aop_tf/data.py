@@ -29,6 +29,8 @@ from aop_tf import geometry
 INFO_FILE = "dataset_info.json"
 _NUM_EPOCHS = 2 ** 62  # "forever" for the epoch-keyed training stream
 _SHUFFLE_TAG = 0x5AFF1E
+# Random streams of the unlabeled split, apart from the labeled ones of the same seed.
+_UNLABELED_SHUFFLE_TAG, _WEAK_TAG, _STRONG_TAG = 0x5AFF1F, 0x3EA4, 0x5760
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,11 +246,11 @@ def _permuted(block, seed):
       lambda i: {k: v[i] for k, v in block.items()})
 
 
-def _shuffled_epoch(prepared, spec, epoch, n):
-  """`prepared` in the order of epoch `epoch`: a stateless function of (seed, epoch)."""
+def _shuffled_epoch(prepared, spec, epoch, n, tag=_SHUFFLE_TAG):
+  """`prepared` in the order of epoch `epoch`: a stateless function of (seed, tag, epoch)."""
   block = spec.data.shuffle_buffer or max(n, 1)
   epoch_seed = tf.random.experimental.stateless_fold_in(
-      tf.stack([tf.cast(spec.run.seed, tf.int64), tf.constant(_SHUFFLE_TAG, tf.int64)]), epoch)
+      tf.stack([tf.cast(spec.run.seed, tf.int64), tf.constant(tag, tf.int64)]), epoch)
   return prepared.batch(block).enumerate().flat_map(
       lambda b, batch: _permuted(batch, tf.random.experimental.stateless_fold_in(epoch_seed, b)))
 
@@ -307,6 +309,57 @@ def make_dataset(data_dir, split, spec, training, start_epoch=0):
   ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   # Every epoch contributes whole batches, so batches never straddle two epochs.
   return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def make_unlabeled_dataset(data_dir, split, spec, start_step=0):
+  """Endless batches of two views of each unlabeled image, for the mean teacher (`aop_tf.semi`).
+
+  The split's images, reshuffled every pass (a stateless function of `(run.seed, pass)`), flow
+  back to back in batches of `semi.unlabeled_batch_size`, so training step `s` always gets the
+  same images: `start_step` resumes the stream exactly. Each image gives a weak view (the teacher's:
+  `spec.weak_augment()`) and a strong one (the student's: the run's augmentation, or none).
+
+  Returns:
+    tf.data.Dataset of dicts: `weak`, `strong` float32 [B, S, S, C] 0..255; `weak_forward`,
+    `strong_forward` float32 [B, 3, 3] (input pixels -> view pixels, so that
+    `strong_forward @ inv(weak_forward)` moves a point from the weak view to the strong one);
+    `size_px` float32 [B, 2] `(width, height)` of the original image.
+  """
+  n = num_examples(data_dir, split)
+  batch = spec.semi.unlabeled_batch_size
+  prepared = load_split(data_dir, split, tfds.ReadConfig(try_autocache=not spec.data.cache))
+  prepared = prepared.enumerate().map(_prepare_fn(spec, with_mask=False),
+                                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if spec.data.cache:
+    prepared = prepared.cache()
+  first_pass, skip = divmod(int(start_step) * batch, n)
+  passes = tf.data.Dataset.range(first_pass, _NUM_EPOCHS).flat_map(
+      lambda p: _shuffled_epoch(prepared, spec, p, n, _UNLABELED_SHUFFLE_TAG).map(
+          lambda ex: (ex, p)))
+  views = passes.skip(skip).map(_two_views_fn(spec), num_parallel_calls=tf.data.AUTOTUNE,
+                                deterministic=True)
+  return views.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _two_views_fn(spec):
+  """Cached unlabeled example (+ pass) -> its weak and strong views and their matrices."""
+  weak_spec, strong_spec = spec.weak_augment(), spec.augment_or_none()
+  channels = spec.model.input_channels
+
+  def views(ex, epoch):
+    weak, _, weak_forward = augment_lib.augment(
+        ex["image"], None, augment_lib.example_seed(spec.run.seed + _WEAK_TAG, epoch, ex["index"]),
+        weak_spec)
+    strong, strong_forward = ex["image"], tf.eye(3)
+    if strong_spec is not None:
+      strong, _, strong_forward = augment_lib.augment(
+          ex["image"], None,
+          augment_lib.example_seed(spec.run.seed + _STRONG_TAG, epoch, ex["index"]), strong_spec)
+    return {"weak": convert_channels(weak, channels), "strong": convert_channels(strong, channels),
+            "weak_forward": weak_forward, "strong_forward": strong_forward,
+            "size_px": ex["size_px"]}
+
+  return views
 
 
 def steps_per_epoch(data_dir, split, spec):

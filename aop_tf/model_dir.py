@@ -25,6 +25,7 @@ import keras
 
 from aop_tf import config as config_lib
 from aop_tf import model as model_lib
+from aop_tf import semi  # registers semi.MeanTeacher, so its checkpoints load
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
@@ -172,8 +173,9 @@ def load_model(model_dir, which=None, compile=False):
   Args:
     model_dir: a training directory.
     which: checkpoint name; None takes the first of `CHECKPOINTS` that exists.
-    compile: restore the optimizer too (for resuming training); False also turns a model trained
-      with mixed precision into its float32 copy.
+    compile: restore the optimizer too (for resuming training); False returns the network that
+      predicts (a semi-supervised run's teacher or student, `semi.infer_with`), in float32 even if
+      trained with mixed precision.
 
   Returns:
     (keras.Model, config.RunSpec).
@@ -181,7 +183,9 @@ def load_model(model_dir, which=None, compile=False):
   spec = read_spec(model_dir)
   _, path = resolve_checkpoint(model_dir, which)
   model = load_keras_file(path, compile=compile)
-  if not compile:  # Inference and export compute in float32 (see model.float32_copy).
+  if not compile:  # Inference and export: one network, computing in float32 (model.float32_copy).
+    if isinstance(model, semi.MeanTeacher):
+      model = model.inference_network
     model = model_lib.float32_copy(model, spec.model_kwargs())
   return model, spec
 

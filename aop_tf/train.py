@@ -109,6 +109,9 @@ def _open(spec):
   if spec.data.val_split:
     _split_size(data_dir, spec.data.val_split, "val_split",
                 " (pass --val_split= to train without validation)")
+  if spec.semi.unlabeled_split:
+    _split_size(data_dir, spec.semi.unlabeled_split, "unlabeled_split",
+                " (build one with data_prep.build --unlabeled_dir or --labeled_list)")
   if spec.loss.aop_loss_weight:
     data.check_square(data_dir, spec.data.train_split, "--aop_loss_weight")
   # Training epochs are whole batches only (data.make_dataset drops the remainder of each epoch so
@@ -170,7 +173,13 @@ def _fit(run, model, initial_epoch, done_batches, extra_callbacks):
   def batches(start_epoch, skip=0, take=-1):
     ds = data.make_dataset(run.data_dir, spec.data.train_split, spec, training=True,
                            start_epoch=start_epoch).skip(skip).take(take)
-    return ds.map(data.to_keras, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(data.to_keras, num_parallel_calls=tf.data.AUTOTUNE)
+    if spec.semi.unlabeled_split:  # step s of the run always meets the same unlabeled batch
+      unlabeled = data.make_unlabeled_dataset(run.data_dir, spec.semi.unlabeled_split, spec,
+                                              start_step=start_epoch * steps + skip)
+      ds = tf.data.Dataset.zip(ds, unlabeled).map(
+          lambda labeled, images: {"labeled": labeled, "unlabeled": images})
+    return ds.prefetch(tf.data.AUTOTUNE)
 
   fit = dict(callbacks=callbacks, verbose=verbose, shuffle=False)
   with guard.signals_handled():
@@ -202,7 +211,7 @@ def train(spec, extra_callbacks=()):
   run = _open(spec)
   model_dir = spec.run.model_dir
   keras.utils.set_random_seed(spec.run.seed)
-  model = task.build_compiled_model(spec)
+  model = task.build_compiled_model(spec, run.steps_per_epoch)
   initial_epoch, done_batches = (
       model_dir_lib.restore(model, model_dir, run.steps_per_epoch, run.state) if run.resuming
       else (0, 0))

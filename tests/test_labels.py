@@ -131,7 +131,7 @@ def test_decode_gray_errors():
 def test_build_csv_counts_and_strict(iugc, tmp_path, capsys):
   target = build.build_dataset("csv", data_dir=str(iugc), out_dir=str(tmp_path / "out"))
   printed = capsys.readouterr().out
-  assert "train      15        6        9" in printed
+  assert "train         15        6        9" in printed
   assert "Dataset directory (pass to training): " + target in printed
   b = tfds.builder_from_directory(target)
   assert b.info.splits["train"].num_examples == 6
