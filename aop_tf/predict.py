@@ -12,6 +12,14 @@ decoded, or that declare more pixels than `--max_pixels` in their header, are re
 counted and skipped: every input is either a row of the output or a failure. A row whose AoP is
 undefined (PS1 predicted on PS2 or FH1) has `aop_deg` NaN and `degenerate` 1; rows with a low (or
 undefined) heatmap peak or a degenerate AoP are flagged `low_confidence`.
+
+`--format=pseudo` writes pseudo-labels for self-training: the IUGC columns `Filename,PS1,PS2,FH1`
+(file names relative to the inputs' common folder, printed), the AoP, the lowest peak and the
+verdicts of the pseudo-label filters (`aop_tf.pseudo`, thresholds of the model's run spec) with
+`kept`; `python -m data_prep.build --source=csv --csv=train:<it> --image_dir=<that folder>` reads
+the kept rows back as labels and counts the others as rejected. `--sort=confidence` lists the least
+confident first, for an annotator to review; `--select=N` also writes the N images most worth
+labelling next (rejected by a filter first, then the lowest peak: where the model is least sure).
 """
 
 import csv
@@ -33,8 +41,11 @@ from tqdm import tqdm
 
 from aop_tf import LANDMARK_NAMES
 from aop_tf import cli
+from aop_tf import config as config_lib
 from aop_tf import predictor as predictor_lib
+from aop_tf import pseudo
 from aop_tf.io import images as image_files
+from aop_tf.io import points
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -92,10 +103,10 @@ def read_image(path, max_pixels=image_files.MAX_PIXELS):
   return image
 
 
-def _records(paths, out, min_confidence):
+def _records(paths, images, out, min_confidence):
   rows = []
   for i, path in enumerate(paths):
-    row = {"filename": path}
+    row = {"filename": path, "width": int(images[i].shape[1]), "height": int(images[i].shape[0])}
     # NaN coordinates or peaks (a broken model) must not pass as confident answers.
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"{name}_x"] = float(out["landmarks"][i, k, 0])
@@ -162,7 +173,7 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
       if images:
         ok_paths, ok_images, out = _predict_batch(model, good_paths, images, failures)
         if ok_paths:
-          rows.extend(_records(ok_paths, out, min_confidence))
+          rows.extend(_records(ok_paths, ok_images, out, min_confidence))
           if on_batch is not None:
             on_batch(ok_paths, ok_images, out)
       bar.update(len(batch_paths))
@@ -199,7 +210,7 @@ def write_csv(path, rows):
              ["low_confidence", "degenerate"])
   _ensure_parent(path)
   with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, columns)
+    writer = csv.DictWriter(f, columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
       writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else int(v) if isinstance(v, bool)
@@ -217,6 +228,55 @@ def write_json(path, rows, failures, model_path):
   with open(path, "w") as f:
     json.dump(payload, f, indent=2)
     f.write("\n")
+
+
+def pseudo_label_rows(rows, semi, root):
+  """Rows of a pseudo-label CSV: IUGC columns, AoP, lowest peak, filter verdicts and `kept`.
+
+  Args:
+    rows: `predict_files` rows.
+    semi: a `config.SemiSpec` (the filter thresholds).
+    root: folder the Filename column is relative to.
+  """
+  if not rows:
+    return []
+  landmarks = np.array([[[r[f"{n}_x"], r[f"{n}_y"]] for n in LANDMARK_NAMES] for r in rows])
+  confidence = np.array([[r[f"{n}_confidence"] for n in LANDMARK_NAMES] for r in rows])
+  sizes = np.array([[r["width"], r["height"]] for r in rows], np.float32)
+  verdicts = {k: v.numpy() for k, v in pseudo.verdicts(landmarks, np.nan_to_num(confidence, nan=-1),
+                                                       sizes, semi).items()}
+  out = []
+  for i, row in enumerate(rows):
+    record = {"Filename": os.path.relpath(os.path.abspath(row["filename"]), root).replace(
+        os.sep, "/")}
+    for k, name in enumerate(LANDMARK_NAMES):
+      point = np.round(landmarks[i, k].astype(float), 3)
+      record[name] = points.format_point(point) if np.isfinite(point).all() else ""
+    record["AoP"] = row["aop_deg"]
+    record["min_confidence"] = float(np.min(confidence[i]))
+    record.update({name: int(verdicts[name][i]) for name in (*pseudo.VERDICTS, "kept")})
+    out.append(record)
+  return out
+
+
+def write_pseudo_labels(path, records, sort="input"):
+  """Writes `pseudo_label_rows` as CSV; `sort="confidence"`: least confident first."""
+  if sort == "confidence":
+    records = sorted(records, key=lambda r: (r["min_confidence"], r["Filename"]))
+  _ensure_parent(path)
+  columns = ["Filename", *LANDMARK_NAMES, "AoP", "min_confidence", *pseudo.VERDICTS, "kept"]
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    for record in records:
+      writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in record.items()})
+
+
+def select_for_labelling(records, count):
+  """The `count` images most worth labelling next: those a filter rejected, then those with the
+  lowest peak, i.e. where the model is least sure of itself (uncertainty sampling)."""
+  ranked = sorted(records, key=lambda r: (r["kept"], r["min_confidence"], r["Filename"]))
+  return [r["Filename"] for r in ranked[:max(0, int(count))]]
 
 
 def _ensure_parent(path):
@@ -261,8 +321,14 @@ def _define_flags():
   flags.DEFINE_list("inputs", None, "Image files, folders (searched recursively) or globs, "
                     "comma separated.")
   flags.DEFINE_string("output", None, "Output file (.csv or .json).")
-  flags.DEFINE_enum("format", None, ["csv", "json"], "Output format; default from --output's "
-                    "extension (csv otherwise).")
+  flags.DEFINE_enum("format", None, ["csv", "json", "pseudo"], "Output format; default from "
+                    "--output's extension (csv otherwise). pseudo: a pseudo-label CSV that "
+                    "data_prep.build reads back as labels (the kept rows).")
+  flags.DEFINE_enum("sort", "input", ["input", "confidence"], "pseudo: row order; confidence: "
+                    "least confident first, for review.")
+  flags.DEFINE_integer("select", 0, "pseudo: also write the N images most worth labelling next "
+                       "(rejected by a filter first, then the lowest peak) to "
+                       "<output>.select.txt.")
   flags.DEFINE_string("overlay_dir", None, "If set, writes an overlay PNG per image here.")
   flags.DEFINE_float("min_confidence", 0.3, "Rows whose lowest heatmap peak is below this are "
                      "flagged low_confidence.")
@@ -277,6 +343,23 @@ def _define_flags():
                        "on where the CPU has AVX512-BF16 or AMX (native_bfloat16), else off.")
   flags.DEFINE_integer("max_pixels", image_files.MAX_PIXELS, "Skip files whose header declares "
                        "more pixels (width * height) than this; 0: no limit.")
+
+
+def _write_pseudo(rows, paths, model):
+  """--format=pseudo: the pseudo-label CSV (and --select's list); says what to run next."""
+  root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+  semi = model.spec.semi if model.spec is not None else config_lib.SemiSpec()
+  records = pseudo_label_rows(rows, semi, root)
+  write_pseudo_labels(FLAGS.output, records, FLAGS.sort)
+  kept = sum(r["kept"] for r in records)
+  print(f"[predict] pseudo-labels: {kept} of {len(records)} kept by the filters; build a dataset "
+        f"with: python -m data_prep.build --source=csv --csv=train:{FLAGS.output} "
+        f"--image_dir={root} --out_dir=<dir>")
+  if FLAGS.select:
+    path = os.path.splitext(FLAGS.output)[0] + ".select.txt"
+    with open(path, "w") as f:
+      f.write("\n".join(select_for_labelling(records, FLAGS.select)) + "\n")
+    print(f"[predict] the {min(FLAGS.select, len(records))} images to label next: {path}")
 
 
 def main(argv):
@@ -308,6 +391,8 @@ def main(argv):
   seconds = time.perf_counter() - start
   if fmt == "json":
     write_json(FLAGS.output, rows, failures, FLAGS.model)
+  elif fmt == "pseudo":
+    _write_pseudo(rows, paths, model)
   else:
     write_csv(FLAGS.output, rows)
   n_low = sum(row["low_confidence"] for row in rows)

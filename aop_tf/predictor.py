@@ -95,10 +95,12 @@ class Predictor:
   """Base of the predictors: checks images, runs equal-size stretches, stacks the outputs.
 
   Subclasses set `kind`, `path`, `codec` (the `codec.HeatmapCodec` that decodes, None if the model
-  does not say) and `heatmap_cells` (R, 0 if unknown), and implement `_run(images)`: uint8
-  [B, H, W, C] of one size -> dict of numpy `OUTPUT_KEYS`.
+  does not say), `spec` (the run spec it was trained with, or None) and `heatmap_cells` (R, 0 if
+  unknown), and implement `_run(images)`: uint8 [B, H, W, C] of one size -> dict of numpy
+  `OUTPUT_KEYS`.
   """
   kind = None
+  spec = None
 
   def __init__(self, path, codec=None, heatmap_cells=0):
     self.path = path
@@ -206,13 +208,17 @@ def bfloat16_graphs(enabled=True):
     tf.config.optimizer.set_experimental_options({key: before})
 
 
-def _export_codec(folder):
-  """The codec recorded in an export's `export_info.json`, or None."""
+def _export_spec(folder):
+  """The run spec recorded in an export's `export_info.json`, or None."""
   path = os.path.join(folder, EXPORT_INFO_FILE)
   if not os.path.isfile(path):
     return None
   info = model_dir_lib.read_json(path)
-  return config_lib.from_json(info.get("config"), f"{path} (config)").heatmap_codec()
+  return config_lib.from_json(info.get("config"), f"{path} (config)")
+
+
+def _codec_of(spec):
+  return None if spec is None else spec.heatmap_codec()
 
 
 class SavedModelPredictor(Predictor):
@@ -238,7 +244,8 @@ class SavedModelPredictor(Predictor):
                        "`python -m aop_tf.export`.")
     self._fn = self._loaded.signatures[serving.SERVE_IMAGES]
     cells = self._fn.structured_outputs["heatmaps"].shape[1]
-    super().__init__(path, _export_codec(path), cells)
+    self.spec = _export_spec(path)
+    super().__init__(path, _codec_of(self.spec), cells)
     self.bfloat16 = bool(bfloat16)
 
   def _run(self, images):
@@ -297,8 +304,8 @@ class TFLitePredictor(Predictor):
     except (ValueError, RuntimeError) as e:
       raise ValueError(f"{path}: cannot load the TFLite model ({first_line(e)}); re-export it "
                        "with `python -m aop_tf.export`.") from None
-    super().__init__(path, _export_codec(os.path.dirname(os.path.abspath(path))),
-                     self._runners[0].heatmap_shape[1])
+    self.spec = _export_spec(os.path.dirname(os.path.abspath(path)))
+    super().__init__(path, _codec_of(self.spec), self._runners[0].heatmap_shape[1])
     self._pool = futures.ThreadPoolExecutor(count, "tflite") if count > 1 else None
 
   def _run(self, images):
@@ -321,6 +328,7 @@ class RedecodingPredictor(Predictor):
     super().__init__(inner.path, codec, inner.heatmap_cells)
     self.inner = inner
     self.kind = inner.kind
+    self.spec = inner.spec
 
   def _run(self, images):
     out = self.inner._run(images)  # pylint: disable=protected-access
@@ -354,7 +362,9 @@ def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
     if codec.fh1_method == "tangent" and spec.model.seg_classes <= 2:
       raise ValueError(f"fh1_method 'tangent' needs a segmentation head; {path} has "
                        f"seg_classes={spec.model.seg_classes}.")
-    return KerasPredictor(model, codec, path, name)
+    keras_predictor = KerasPredictor(model, codec, path, name)
+    keras_predictor.spec = spec
+    return keras_predictor
   if checkpoint:
     raise ValueError(f"--checkpoint={checkpoint} applies to training directories; {path} is "
                      "not one.")

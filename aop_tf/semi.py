@@ -110,7 +110,15 @@ class MeanTeacher(keras.Model):
             self._weight_tracker)
 
   def pseudo_targets(self, unlabeled):
-    """The teacher's targets on the strong views of an unlabeled batch, and which to keep.
+    """The teacher's targets on the strong views of an unlabeled batch, and which to keep."""
+    return self.targets_from(self.teacher(unlabeled["weak"], training=False), unlabeled)
+
+  def targets_from(self, teacher_outputs, unlabeled):
+    """Targets on the strong views from the teacher's outputs on the weak views.
+
+    Args:
+      teacher_outputs: the teacher's output dict on `unlabeled["weak"]`.
+      unlabeled: a batch of `data.make_unlabeled_dataset`.
 
     Returns:
       targets: float32 [B, R, R, 3] unit-peak Gaussians in the strong view.
@@ -119,7 +127,7 @@ class MeanTeacher(keras.Model):
     """
     size = float(self.codec.input_size)
     square = tf.constant([size, size])
-    decoded = self.codec.decode(self.teacher(unlabeled["weak"], training=False), square)
+    decoded = self.codec.decode(teacher_outputs, square)
     weak_to_input = tf.linalg.inv(unlabeled["weak_forward"])
     original = geometry.rescale_points(
         augment.transform_points(decoded["landmarks"], weak_to_input), square,

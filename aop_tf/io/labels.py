@@ -9,8 +9,8 @@ says, gray, RGB, RGBA, CMYK or 16-bit; they are stored as 8-bit gray at their or
 Every refused row becomes an `InputError` naming the CSV, line, column and value: malformed or
 out-of-image points, rows the CSV parser cannot split, missing or unreadable images, file names
 that escape the image folder (`../`, absolute paths, symlinks resolving outside) and duplicates
-(the first accepted row wins). Whole-file problems (not text in the encoding, missing column) are
-a ValueError naming the file and line.
+(the first accepted row wins), and rows a pseudo-label CSV marks `kept` = 0. Whole-file problems
+(not text in the encoding, missing column) are a ValueError naming the file and line.
 """
 
 import codecs
@@ -29,6 +29,9 @@ from aop_tf.io import points
 from aop_tf.io.records import SPLITS, InputError, Record
 
 FILENAME_COLUMN = "Filename"
+# A pseudo-label CSV (`aop_tf.predict --format=pseudo`) says in this column whether the filters
+# kept a row; a row marked 0 is refused ("pseudo-label rejected"), counted like any refused row.
+KEPT_COLUMN = "kept"
 # Accepted header names per landmark (first match wins), compared case-insensitively.
 COLUMN_ALIASES = {"PS1": ("PS1",), "PS2": ("PS2",), "FH1": ("FH1", "AOP Tangency")}
 
@@ -183,12 +186,16 @@ def read_rows(csv_path, encoding="auto"):
   fieldnames, dict_rows = _dict_rows(csv_path, encoding)
   wanted = {"Filename": (FILENAME_COLUMN,), **COLUMN_ALIASES}
   columns = _match_columns(fieldnames, wanted, csv_path)
+  kept_column = next((name for name in fieldnames or () if name is not None and
+                      name.strip().lower() == KEPT_COLUMN), None)
   rows = []
   for line, row in dict_rows:
     if isinstance(row, csv.Error):
       rows.append(_error_row(csv_path, line, row))
       continue
     texts = {name: row.get(columns[name]) for name in LANDMARK_NAMES}
+    if kept_column is not None:
+      texts[KEPT_COLUMN] = row.get(kept_column)
     rows.append(Row(csv_path, line, row.get(columns["Filename"]), texts))
   return rows
 
@@ -246,6 +253,11 @@ def resolve_in_folder(folder, filename, where, kind="image"):
 def _row_record(row, image_dir):
   """One `Row` -> `Record`; raises InputError."""
   where = f"{row.csv_path} line {row.line}"
+  kept = (row.texts.get(KEPT_COLUMN) or "1").strip().lower()
+  if kept in ("0", "false", "no"):
+    raise InputError(f"{where}: the pseudo-label filters rejected this row ({KEPT_COLUMN}="
+                     f"{kept}); correct it and set {KEPT_COLUMN}=1 to use it",
+                     "pseudo-label rejected")
   parsed = []
   for name in LANDMARK_NAMES:
     try:
