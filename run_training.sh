@@ -6,7 +6,9 @@
 #   ./run_training.sh                     phantom demo: aop_tf/configs/smoke.cfg (a few minutes)
 #   ./run_training.sh --psfhs [DIR]       PSFHS (masks source) with aop_tf/configs/cpu.cfg;
 #                                         DIR defaults to $AOP_PSFHS_DIR or ../shared/data/psfhs
-#   ./run_training.sh --iugc DIR          IUGC 2025 layout (csv source: images + train/val CSVs)
+#   ./run_training.sh --iugc DIR          IUGC 2025 layout (csv source: images + train/val CSVs);
+#                                         with DIR/unlabeled/ (images without labels) the run is
+#                                         semi-supervised: cpu.cfg + ssl.cfg (a mean teacher)
 # Options:
 #   --flagfile FILE    training flagfile (default as above); its name names the run
 #   --name NAME        run name: runs/NAME, saved_models/NAME (default <config>_<dataset>)
@@ -30,6 +32,7 @@ FLAGFILE=""
 NAME=""
 REBUILD=0
 TRAIN_ARGS=()
+SEMI_ARGS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --psfhs)
@@ -66,7 +69,11 @@ case "$DATASET" in
     [[ -d "$SOURCE_DIR" ]] || die "IUGC folder $SOURCE_DIR not found"
     DATA_OUT=data/iugc_$(basename "$(cd "$SOURCE_DIR" && pwd)")
     BUILD_ARGS=(--source=csv --data_dir="$SOURCE_DIR" --out_dir="$DATA_OUT")
-    DEFAULT_FLAGFILE=aop_tf/configs/cpu.cfg ;;
+    DEFAULT_FLAGFILE=aop_tf/configs/cpu.cfg
+    if [[ -d "$SOURCE_DIR/unlabeled" ]]; then  # the unlabeled images: a mean teacher learns them
+      BUILD_ARGS+=(--unlabeled_dir="$SOURCE_DIR/unlabeled")
+      SEMI_ARGS=(--flagfile=aop_tf/configs/ssl.cfg)
+    fi ;;
 esac
 FLAGFILE=${FLAGFILE:-$DEFAULT_FLAGFILE}
 [[ -f "$FLAGFILE" ]] || die "flagfile $FLAGFILE not found"
@@ -102,8 +109,8 @@ else
 fi
 
 step "3/6 Training: $FLAGFILE -> $RUN_DIR"
-$VPY -m aop_tf.train --flagfile="$FLAGFILE" --data_dir="$DATA_OUT" --model_dir="$RUN_DIR" \
-  "${TRAIN_ARGS[@]}"
+$VPY -m aop_tf.train --flagfile="$FLAGFILE" "${SEMI_ARGS[@]}" --data_dir="$DATA_OUT" \
+  --model_dir="$RUN_DIR" "${TRAIN_ARGS[@]}"
 
 step "4/6 Evaluation on the val split"
 $VPY -m aop_tf.evaluate --model="$RUN_DIR" --data_dir="$DATA_OUT" --split=val --overlays=8 \
