@@ -26,6 +26,7 @@ import keras
 from aop_tf import config as config_lib
 from aop_tf import model as model_lib
 from aop_tf import semi  # registers semi.MeanTeacher, so its checkpoints load
+from aop_tf.io import files
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
@@ -94,8 +95,8 @@ def write_json(path, obj):
 
 
 def read_json(path):
-  with open(path) as f:
-    return json.load(f)
+  """The JSON at `path` (a regular file of at most `files.MAX_TEXT_BYTES`)."""
+  return json.loads(files.read_bounded(path, files.MAX_TEXT_BYTES, "JSON file"))
 
 
 def save_model(model, path):
@@ -116,6 +117,8 @@ def read_spec(model_dir):
                             "(train one with `python -m aop_tf.train`).")
   try:
     data = read_json(path)
+  except files.FileError as e:
+    raise config_lib.ConfigError(str(e)) from None
   except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
     raise config_lib.ConfigError(f"{path} is not valid JSON ({e}); restore it or retrain.") from None
   return config_lib.from_json(data, path)

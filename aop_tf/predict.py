@@ -42,12 +42,15 @@ from tqdm import tqdm
 from aop_tf import LANDMARK_NAMES
 from aop_tf import cli
 from aop_tf import config as config_lib
+from aop_tf import geometry
 from aop_tf import predictor as predictor_lib
 from aop_tf import pseudo
 from aop_tf.io import images as image_files
 from aop_tf.io import points
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# Images with more pixels are shrunk to about this many as they are read (`read_image`).
+REDUCE_PIXELS = 4_000_000
 
 
 def find_inputs(specs):
@@ -75,12 +78,19 @@ def find_inputs(specs):
   return sorted(set(paths)), unmatched
 
 
-def read_image(path, max_pixels=image_files.MAX_PIXELS):
-  """Reads and decodes one image file -> uint8 [H, W, C], C = 1, 3 or 4 (gray+alpha -> gray).
+def read_image(path, max_pixels=image_files.MAX_PIXELS, reduce_pixels=REDUCE_PIXELS):
+  """Reads and decodes one image file for prediction.
 
-  Uses `tf.io.decode_image` like the `serving_default` signature, so pixels are identical
-  (16-bit images become 8-bit the same way). The size the header declares is checked against
-  `max_pixels` before decoding.
+  An image of up to `reduce_pixels` pixels is decoded with `tf.io.decode_image`, like the
+  `serving_default` signature, so pixels are identical (16-bit images become 8-bit the same way):
+  uint8 [H, W, C], C = 1, 3 or 4 (gray + alpha -> gray). A larger one (up to `max_pixels`, which
+  the header is checked against before decoding) is decoded to gray at one byte per pixel
+  (`images.decode_gray`) and shrunk to about `reduce_pixels` (area averaging) as it is read, so
+  memory stays bounded whatever the files: the model sees a 256x256 version anyway, and the
+  landmarks are mapped back to the original pixels.
+
+  Returns:
+    `(image, size_px)`: the uint8 [h, w, C] pixels and `(width, height)` of the original.
 
   Raises:
     ValueError naming the file when it cannot be read or decoded, or is too large.
@@ -89,6 +99,14 @@ def read_image(path, max_pixels=image_files.MAX_PIXELS):
   if not encoded:
     raise ValueError(f"{path}: empty file")
   image_files.check_size(encoded, str(path), max_pixels)
+  declared = image_files.encoded_size(encoded)
+  if declared is not None and reduce_pixels and declared[0] * declared[1] > reduce_pixels:
+    gray = image_files.decode_gray(encoded, str(path))
+    del encoded
+    height, width = gray.shape
+    scale = math.sqrt(reduce_pixels / (width * height))
+    shape = (max(1, int(width * scale)), max(1, int(height * scale)))
+    return cv2.resize(gray, shape, interpolation=cv2.INTER_AREA)[..., None], (width, height)
   try:
     image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8,
                                expand_animations=False).numpy()
@@ -100,23 +118,29 @@ def read_image(path, max_pixels=image_files.MAX_PIXELS):
     raise ValueError(f"{path}: decoded to an unusable shape {image.shape}")
   if image.shape[-1] == 2:
     image = image[..., :1]
-  return image
+  return image, (image.shape[1], image.shape[0])
 
 
-def _records(paths, images, out, min_confidence):
+def _records(paths, images, sizes, out, min_confidence):
+  """Rows of the outputs; landmarks of reduced images (`read_image`) go back to the original."""
   rows = []
   for i, path in enumerate(paths):
-    row = {"filename": path, "width": int(images[i].shape[1]), "height": int(images[i].shape[0])}
+    width, height = sizes[i]
+    shown = (images[i].shape[1], images[i].shape[0])
+    landmarks, aop = out["landmarks"][i], float(out["aop_deg"][i])
+    if shown != (width, height):
+      landmarks = geometry.rescale_points(landmarks, shown, (width, height)).numpy()
+      aop = float(geometry.aop_deg(landmarks))
+    row = {"filename": path, "width": int(width), "height": int(height)}
     # NaN coordinates or peaks (a broken model) must not pass as confident answers.
     for k, name in enumerate(LANDMARK_NAMES):
-      row[f"{name}_x"] = float(out["landmarks"][i, k, 0])
-      row[f"{name}_y"] = float(out["landmarks"][i, k, 1])
-    row["aop_deg"] = float(out["aop_deg"][i])
+      row[f"{name}_x"] = float(landmarks[k, 0])
+      row[f"{name}_y"] = float(landmarks[k, 1])
+    row["aop_deg"] = aop
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"{name}_confidence"] = float(out["confidence"][i, k])
     degenerate = not math.isfinite(row["aop_deg"])
-    finite = bool(np.all(np.isfinite(out["confidence"][i])) and
-                  np.all(np.isfinite(out["landmarks"][i])))
+    finite = bool(np.all(np.isfinite(out["confidence"][i])) and np.all(np.isfinite(landmarks)))
     lowest = float(np.min(out["confidence"][i]))
     row["low_confidence"] = bool(not finite or not lowest >= min_confidence or degenerate)
     row["degenerate"] = degenerate
@@ -146,7 +170,7 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
   def read(path):
     return read_image(path, max_pixels)
 
-  rows, failures = [], []
+  rows, failures, sizes = [], [], {}
   batch_size = max(1, int(batch_size))
   with futures.ThreadPoolExecutor(max(1, int(num_workers))) as pool, \
       tqdm(total=len(paths), unit="img", desc="predict", disable=not progress,
@@ -163,7 +187,8 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
           pending.append(pool.submit(read, paths[next_index]))
           next_index += 1
         try:
-          images.append(job.result())
+          image, sizes[path] = job.result()
+          images.append(image)
           good_paths.append(path)
         except Exception as e:  # pylint: disable=broad-except
           reason = str(e) if isinstance(e, ValueError) else (
@@ -173,7 +198,8 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
       if images:
         ok_paths, ok_images, out = _predict_batch(model, good_paths, images, failures)
         if ok_paths:
-          rows.extend(_records(ok_paths, ok_images, out, min_confidence))
+          rows.extend(_records(ok_paths, ok_images, [sizes.pop(p) for p in ok_paths], out,
+                               min_confidence))
           if on_batch is not None:
             on_batch(ok_paths, ok_images, out)
       bar.update(len(batch_paths))

@@ -52,6 +52,8 @@ class CsvSource:
     self.images_dir, self.labels_csv = images_dir, labels_csv
     self.name = os.path.splitext(os.path.basename(labels_csv))[0]
     rows = labels.read_rows(labels_csv)
+    if not rows:
+      raise ValueError(labels.no_rows(labels_csv))
     self.examples, self.skipped = [], []
     for item in tqdm(labels.iter_records(rows, images_dir, {}, "eval"), total=len(rows),
                      unit="row", desc="read images", disable=not progress, dynamic_ncols=True):

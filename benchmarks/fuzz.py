@@ -284,7 +284,7 @@ def stage_decode(manifest):
   readers = {
       "data_prep_read_gray": (lambda p: images.decode_gray(images.read_bytes(p), p),
                               images.ImageError),
-      "predict_read_image": (predict.read_image, ValueError),
+      "predict_read_image": (lambda p: predict.read_image(p)[0], ValueError),
   }
   outcomes = {name: collections.Counter() for name in readers}
   crashes = []

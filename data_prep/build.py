@@ -213,6 +213,8 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
     if split_limit is not None:
       total = min(total, int(split_limit))
       items = itertools.islice(items, int(split_limit))
+    if total == 0 and source == "csv":
+      tally.messages.append((split, "its CSV has only a header line, no rows"))
     records = _read_split(f"{source}/{split}", split, items, total, tally, strict, verbose)
     if split == "train" and keep is not None:
       records = _split_off_unlabeled(records, keep, examples_by_split, tally, labeled_list)

@@ -122,9 +122,23 @@ def test_unparseable_row_is_refused_and_the_next_rows_read(tmp_path):
   (tmp_path / "train.csv").write_text(f"Filename,PS1,PS2,FH1\n{huge},{GOOD}\na.png,{GOOD}\n"
                                       f'b.png,"(10, 5)","(50, 20)","(30, 30\n')  # open quote
   items = _items(tmp_path)
-  assert _reasons(items) == ["malformed CSV row", "ok", "bad point"]
+  # The open quote ends with its line: the row is refused, named, and takes no other row with it.
+  assert _reasons(items) == ["malformed CSV row", "ok", "malformed CSV row"]
   assert "train.csv line 2: the CSV parser cannot read this row" in str(items[0])
   assert items[1].where.endswith("line 3")
+  assert "train.csv line 4" in str(items[2]) and "quote" in str(items[2])
+
+
+def test_an_unclosed_quote_does_not_swallow_the_next_rows(tmp_path):
+  for name in ("a.png", "b.png", "c.png", "d.png"):
+    _write(tmp_path / name, _png(_gray()))
+  (tmp_path / "train.csv").write_text(
+      f'Filename,PS1,PS2,FH1\na.png,{GOOD}\n"b.png,{GOOD}\nc.png,{GOOD}\nd.png,{GOOD}\n'
+      f'e.png,"(1, 2)\n')
+  items = _items(tmp_path)  # five rows in the file: five answers, in order
+  assert _reasons(items) == ["ok", "malformed CSV row", "ok", "ok", "malformed CSV row"]
+  assert [i.where.split()[-1] for i in items if hasattr(i, "where")] == ["2", "4", "5"]
+  assert "line 3" in str(items[1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -260,8 +274,10 @@ def test_names_escaping_the_image_folder_are_refused(tmp_path):
       "Filename,PS1,PS2,FH1\n" + "".join(f'"{n}",{GOOD}\n' for n in escapes + odd) +
       f"inside_link.png,{GOOD}\nsub/in2.png,{GOOD}\n")
   items = _items(folder)
+  # The newline inside the quoted name makes two lines of the file, both refused.
   assert _reasons(items) == (["unsafe filename"] * len(escapes) +
-                             ["bad filename", "bad filename", "missing image", "ok", "ok"])
+                             ["bad filename", "malformed CSV row", "malformed CSV row",
+                              "missing image", "ok", "ok"])
   for item in items[:len(escapes)]:
     assert "outside the image folder" in str(item)
   assert "control characters" in str(items[len(escapes)])
@@ -334,7 +350,7 @@ def test_empty_inputs(tmp_path):
   with pytest.raises(FileNotFoundError, match="--image_dir .* is not a folder"):
     build.build_dataset("csv", data_dir=str(empty), image_dir=str(tmp_path / "nope"),
                         out_dir=str(tmp_path / "o3"), verbose=False)
-  with pytest.raises(ValueError, match="no usable examples in any split"):
+  with pytest.raises(ValueError, match="(?s)no usable examples in any split.*only a header line"):
     build.build_dataset("csv", data_dir=str(empty), out_dir=str(tmp_path / "o4"), verbose=False)
   (empty / "train.csv").write_text(f"Filename,PS1,PS2,FH1\nghost.png,{GOOD}\n")
   with pytest.raises(ValueError, match=r"(?s)no usable examples .*ghost.png not found"):

@@ -141,7 +141,8 @@ def test_pixel_formats_agree_with_8_bit_gray(setup, saved):
 
 def test_max_pixels_and_read_errors(setup, tmp_path):
   gray = setup["folder"] + "/gray.png"
-  assert predict.read_image(gray).shape == (90, 110, 1)
+  image, size = predict.read_image(gray)
+  assert image.shape == (90, 110, 1) and size == (110, 90)
   with pytest.raises(ValueError, match=r"gray.png: the file declares 110x90 pixels, more than"):
     predict.read_image(gray, max_pixels=5000)
   with pytest.raises(ValueError, match="nothing.png: cannot read file"):

@@ -14,11 +14,12 @@ use: a file is refused in data preparation exactly when it would be refused at p
 OpenCV's own log lines are silenced; each refusal is reported once, naming the file.
 """
 
-import os
 import struct
 
 import cv2
 import numpy as np
+
+from aop_tf.io import files
 
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -41,6 +42,10 @@ except AttributeError:
 MAX_PIXELS = 100_000_000
 # Largest accepted file, bytes (an uncompressed 100-megapixel 16-bit RGBA TIFF is 800 MB).
 MAX_FILE_BYTES = 1 << 30
+# Above this many pixels an image is decoded straight to one 8-bit (or 16-bit) channel, not at its
+# stored depth and channels: a 100-megapixel 16-bit RGBA PNG needs 800 MB that way, 100 MB this way.
+LARGE_PIXELS = 16_000_000
+_ROWS_PER_CHUNK = 1024  # bit-depth conversion in slices, so no full-size 32-bit copy is made
 
 
 class ImageError(ValueError):
@@ -149,7 +154,11 @@ def to_gray_uint8(image, where="image"):
     where: names the source in error messages.
   """
   if image.dtype == np.uint16:
-    image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    out = np.empty(image.shape, np.uint8)
+    for start in range(0, image.shape[0], _ROWS_PER_CHUNK):
+      rows = image[start:start + _ROWS_PER_CHUNK].astype(np.uint32)
+      out[start:start + _ROWS_PER_CHUNK] = (rows * 255 + 32767) // 65535
+    image = out
   elif image.dtype in (np.float32, np.float64):
     if not np.all(np.isfinite(image)):
       raise ImageError(f"{where}: float image with NaN/inf pixels")
@@ -173,25 +182,27 @@ def to_gray_uint8(image, where="image"):
   return np.ascontiguousarray(image)
 
 
-def _imdecode(data):
-  """cv2.imdecode, IMREAD_UNCHANGED; None where OpenCV cannot decode (or raises on) the bytes."""
+def _imdecode(data, flags=cv2.IMREAD_UNCHANGED):
+  """cv2.imdecode; None where OpenCV cannot decode (or raises on) the bytes."""
   try:
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
   except cv2.error:
     return None
 
 
+def is_large(data):
+  """Whether the header of encoded `data` declares more than `LARGE_PIXELS` pixels."""
+  size = encoded_size(data)
+  return size is not None and size[0] * size[1] > LARGE_PIXELS
+
+
 def read_bytes(path, what="file", max_bytes=MAX_FILE_BYTES):
-  """The bytes of the file at `path`; ImageError naming it when unreadable or over `max_bytes`."""
+  """The bytes of the regular file at `path` (`files.read_bounded`); ImageError naming it when it
+  is not a regular file, unreadable or over `max_bytes`."""
   try:
-    size = os.path.getsize(path)
-    if max_bytes and size > max_bytes:
-      raise ImageError(f"{path}: {what} is {size / 2**20:.0f} MiB, more than the "
-                       f"{max_bytes / 2**20:.0f} MiB accepted; is it really an image?")
-    with open(path, "rb") as f:
-      return f.read()
-  except OSError as e:
-    raise ImageError(f"{path}: cannot read {what}: {e.strerror or e}") from e
+    return files.read_bounded(path, max_bytes, what)
+  except files.FileError as e:
+    raise ImageError(str(e)) from None
 
 
 def decode_gray(data, where="image"):
@@ -200,7 +211,11 @@ def decode_gray(data, where="image"):
   if not data:
     raise ImageError(f"{where}: empty file")
   check_size(data, where)
-  image = _imdecode(data)
+  large = is_large(data)
+  # A large image goes to one channel inside the decoder (BT.601 luma, alpha dropped, as
+  # `to_gray_uint8` does for the others), so its full-depth colour copy never exists.
+  image = _imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH if large else
+                    cv2.IMREAD_UNCHANGED)
   kind = sniff_format(data)
   if image is None:
     detail = f"looks like {kind} but is corrupt or truncated" if kind else (
@@ -215,8 +230,8 @@ def _check_strict(data, kind, where):
   if kind not in ("png", "jpeg", "bmp", "gif"):
     return  # TIFF: OpenCV only
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  try:
-    tf.io.decode_image(data, channels=0, expand_animations=False)
+  try:  # PNG: one channel, converted in the decoder (a quarter of the memory of RGBA)
+    tf.io.decode_image(data, channels=1 if kind == "png" else 0, expand_animations=False)
   except tf.errors.OpError as e:
     detail = (e.message or type(e).__name__).strip().splitlines()[0]
     raise ImageError(f"{where}: cannot decode image: looks like {kind} but is corrupt or "

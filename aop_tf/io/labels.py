@@ -19,11 +19,13 @@ import csv
 import io
 import itertools
 import os
+import re
 
 import numpy as np
 
 from aop_tf import LANDMARK_NAMES
 from aop_tf import geometry
+from aop_tf.io import files
 from aop_tf.io import images
 from aop_tf.io import points
 from aop_tf.io.records import SPLITS, InputError, Record
@@ -113,8 +115,11 @@ def read_text(csv_path, encoding="auto"):
   Raises:
     ValueError naming the file, the line and the byte when it is not text in that encoding.
   """
-  with open(csv_path, "rb") as f:
-    data = f.read()
+  data = files.read_bounded(csv_path, files.MAX_TEXT_BYTES, "CSV")
+  kind = images.sniff_format(data)
+  if kind:
+    raise ValueError(f"{csv_path}: this is a {kind.upper()} image, not a CSV; pass the label CSV "
+                     "(Filename,PS1,PS2,FH1)")
   by_bom = False
   if encoding in (None, "", "auto"):
     encoding = next((codec for bom, codec in _BOMS if data.startswith(bom)), "utf-8")
@@ -140,36 +145,48 @@ def read_text(csv_path, encoding="auto"):
                      f"{data[e.start:e.start + 1]!r} at offset {e.start}); {hint}") from None
 
 
-def _dict_rows(csv_path, encoding="auto"):
-  """(header, [(line of the row's first physical line, {header: cell} or csv.Error)]).
-
-  Blank lines are not rows; cells missing at the end of a short row are None.
-  """
-  reader = csv.reader(io.StringIO(read_text(csv_path, encoding), newline=""))
+def _parse_line(text):
+  """The cells of one physical line, or csv.Error. A label CSV has no line breaks inside cells, so
+  a quote left open ends with its line instead of swallowing the rows after it."""
   try:
-    fieldnames = next(reader, None)
+    cells = next(csv.reader([text], strict=True), [])
   except csv.Error as e:
-    raise ValueError(f"{csv_path} line 1: cannot read the header ({e})") from None
-  if any("\x00" in name for name in fieldnames or ()):
+    return e
+  if text.count('"') % 2:
+    return csv.Error("a quote opened in this line is not closed")
+  return cells
+
+
+def _dict_rows(csv_path, encoding="auto"):
+  """(header, [(line number, {header: cell} or csv.Error)]), one entry per physical line.
+
+  Every non-blank line after the header is a row, as a person counts them: rows read = written +
+  skipped holds against the file. Cells missing at the end of a short row are None.
+  """
+  lines = re.split(r"\r\n|\r|\n", read_text(csv_path, encoding))  # what an editor shows as lines
+  if not any(line.strip() for line in lines):
+    raise ValueError(f"{csv_path}: empty file (no header line); expected a header "
+                     "Filename,PS1,PS2,FH1 and one row per image.")
+  first = next(i for i, line in enumerate(lines) if line.strip())
+  fieldnames = _parse_line(lines[first])
+  if isinstance(fieldnames, csv.Error):
+    raise ValueError(f"{csv_path} line {first + 1}: cannot read the header ({fieldnames})")
+  if any("\x00" in name for name in fieldnames):
     raise ValueError(f"{csv_path} line 1: NUL characters in the header; this is not a text CSV "
                      "(UTF-16 without a byte-order mark? save it as UTF-8)")
   rows = []
-  line = reader.line_num
-  while True:
-    try:
-      cells = next(reader)
-    except StopIteration:
-      break
-    except csv.Error as e:
-      # The parser resumes at the next line; this row is refused. line_num does not count the
-      # failed line until the next read.
-      rows.append((line + 1, e))
-      line += 1
+  for number, text in enumerate(lines[first + 1:], start=first + 2):
+    if not text.strip():
       continue
-    if cells:
-      rows.append((line + 1, dict(itertools.zip_longest(fieldnames, cells[:len(fieldnames)]))))
-    line = reader.line_num
+    cells = _parse_line(text)
+    rows.append((number, cells if isinstance(cells, csv.Error) else
+                 dict(itertools.zip_longest(fieldnames, cells[:len(fieldnames)]))))
   return fieldnames, rows
+
+
+def no_rows(csv_path):
+  """The message for a CSV that has a header and no rows."""
+  return f"{csv_path}: only a header line, no rows; add one row per image (Filename,PS1,PS2,FH1)"
 
 
 def _error_row(csv_path, line, error):
