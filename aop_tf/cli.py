@@ -11,6 +11,7 @@
 Anything else is a bug and keeps its traceback.
 """
 
+import re
 import sys
 
 from absl import app
@@ -38,11 +39,15 @@ def flagfiles_first(argv):
 
 
 def message_of(error):
-  """The text of an exception for a person (KeyError's quotes and absl's prefixes removed)."""
+  """The text of an exception for a person, on one line: KeyError's quotes and absl's prefixes
+  removed; of TensorFlow's long messages the first line, without the graph node and op names."""
   if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
     text = error.args[0]
   else:
-    text = str(error) or type(error).__name__
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+  lines = [line for line in str(text).splitlines() if line.strip()]
+  text = lines[0] if lines else type(error).__name__
+  text = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", text)
   return text.replace("ERROR:: ", "").strip()
 
 

@@ -18,6 +18,7 @@ batches the uninterrupted one would have.
 """
 
 import functools
+import json
 import os
 
 import tensorflow as tf
@@ -78,6 +79,31 @@ def _check_split(b, split, data_dir):
   if split not in b.info.splits:
     raise ValueError(f"Dataset {data_dir} has no split {split!r}; it has "
                      f"{sorted(b.info.splits.keys())}.")
+
+
+def corrupt_data_error(data_dir, error):
+  """A ValueError for a `tf.errors.DataLossError` met reading a dataset: it names the shards that
+  do not read to the end and the command that rebuilds the dataset."""
+  folder = find_dataset_dir(data_dir)
+  bad = []
+  for path in sorted(tf.io.gfile.glob(os.path.join(folder, "*.tfrecord*"))):
+    try:
+      for _ in tf.data.TFRecordDataset(path):
+        pass
+    except tf.errors.DataLossError:
+      bad.append(path)
+  source, raw = "<source>", "<input folder>"
+  try:
+    metadata = json.loads(tf.io.gfile.GFile(os.path.join(folder, "metadata.json")).read())
+    source, raw = metadata.get("source") or source, metadata.get("data_dir") or raw
+  except (tf.errors.OpError, ValueError):
+    pass
+  out_root = os.path.dirname(os.path.dirname(os.path.abspath(folder)))
+  detail = (error.message or "").strip().splitlines()[0] if error.message else "data loss"
+  return ValueError(
+      f"{', '.join(bad) or folder}: truncated or corrupt TFRecord data ({detail}); rebuild the "
+      f"dataset: python -m data_prep.build --source={source} --data_dir={raw} "
+      f"--out_dir={out_root} --overwrite")
 
 
 def num_examples(data_dir, split):

@@ -221,7 +221,7 @@ def _result(summary, predictor, source, batch_size, timing):
 def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None,
              labels_csv=None, output_dir=None, decode_method=None, blur_sigma_cells=None,
              fh1_method=None, overlays=16, overlay_order="file", batch_size=16, progress=True,
-             verbose=True):
+             verbose=True, trust_model=False):
   """Runs a model over one dataset and writes report.json, per_image.csv and overlays.
 
   Args:
@@ -236,6 +236,7 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
     overlay_order: "file" (first in file order) or "worst" (largest mean radial error first).
     batch_size: images per batch.
     progress, verbose: progress bars; printed summary.
+    trust_model: run a SavedModel whose graph holds ops no aop_tf export holds.
 
   Returns:
     The report dict written to report.json.
@@ -250,7 +251,7 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
   source = open_source(data_dir, split, images_dir, labels_csv, progress)
   predictor = predictor_lib.load(model, checkpoint, decode={
       "decode_method": decode_method, "blur_sigma_cells": blur_sigma_cells,
-      "fh1_method": fh1_method})
+      "fh1_method": fh1_method}, trust_model=trust_model)
   output_dir = output_dir or _default_output_dir(model, source)
   if verbose:
     print(f"[evaluate] {predictor.kind} model {model} on {len(source)} images "
@@ -302,6 +303,8 @@ def _define_flags():
   flags.DEFINE_enum("overlay_order", "file", list(OVERLAY_ORDERS),
                     "Which images get overlays: first in file order, or worst first.")
   flags.DEFINE_integer("batch_size", 16, "Images per batch.")
+  flags.DEFINE_boolean("trust_model", False, "Run a SavedModel even if its graph holds ops no "
+                       "aop_tf export holds (file I/O, py_func, ...); refused otherwise.")
   flags.mark_flag_as_required("model")
 
 
@@ -315,7 +318,8 @@ def main(argv):
            output_dir=FLAGS.output_dir, decode_method=FLAGS.decode_method,
            blur_sigma_cells=FLAGS.decode_blur_sigma, fh1_method=FLAGS.fh1_method,
            overlays=FLAGS.overlays,
-           overlay_order=FLAGS.overlay_order, batch_size=FLAGS.batch_size)
+           overlay_order=FLAGS.overlay_order, batch_size=FLAGS.batch_size,
+           trust_model=FLAGS.trust_model)
 
 
 if __name__ == "__main__":

@@ -238,15 +238,37 @@ def _fsync_tree(folder):
       model_dir_lib.fsync_path(path)
 
 
+SCRATCH_PREFIX = ".tmp-tflite-graph-"
+
+
+def _owner_alive(path):
+  """Whether the PID in a scratch folder's name (`.tmp-tflite-graph-<pid>-*`) is running."""
+  pid = os.path.basename(path)[len(SCRATCH_PREFIX):].split("-", 1)[0]
+  if not pid.isdigit():
+    return False  # named before the PID was: nobody's any more
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
 def recover_interrupted(export_dir):
   """Undoes what a kill during an earlier export left next to `export_dir`.
 
   `_swap_in` renames the previous export to `.old-<name>-*` and the new one into place; a kill
   between the two renames leaves no `<name>`: the previous export is renamed back. Unfinished
-  `.tmp-<name>-*` folders of killed exports are removed. Returns the paths acted on.
+  `.tmp-<name>-*` folders of killed exports are removed, and so are the TFLite conversion's
+  scratch folders (`.tmp-tflite-graph-<pid>-*`) whose process is gone. Returns the paths acted on.
   """
   parent, name = os.path.dirname(export_dir), os.path.basename(export_dir)
   acted = []
+  for path in glob.glob(os.path.join(glob.escape(parent), SCRATCH_PREFIX + "*")):
+    if not _owner_alive(path):
+      shutil.rmtree(path, ignore_errors=True)
+      acted.append(path)
   olds = sorted(glob.glob(os.path.join(glob.escape(parent), f".old-{glob.escape(name)}-*")))
   if olds and not os.path.lexists(export_dir):
     os.rename(olds[-1], export_dir)
@@ -325,7 +347,7 @@ def export(model, spec, export_dir, quantize="none", calibration=None, test_imag
     test_images += synthetic_test_images()
   start = time.time()
   tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(export_dir)}-", dir=parent)
-  scratch = tempfile.mkdtemp(prefix=".tmp-tflite-graph-", dir=parent)
+  scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent)
   try:
     tflite_bytes = _write(model, codec, tmp_dir, scratch, quantize, calibration)
     _step(f"3/4 verifying on {len(test_images)} test images")
@@ -352,6 +374,12 @@ def export(model, spec, export_dir, quantize="none", calibration=None, test_imag
     _fsync_tree(tmp_dir)  # the files reach the disk before the name points at them
     _step(f"4/4 installing {export_dir}")
     _swap_in(tmp_dir, export_dir)
+  except (OSError, tf.errors.OpError) as e:  # a full disk, a file-size limit, ...
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    kept = ("the previous export is intact" if os.path.exists(export_dir)
+            else "nothing was installed")
+    raise ExportError(f"writing {tmp_dir} failed ({cli.message_of(e)}); {export_dir}: {kept}"
+                      ) from None
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
@@ -411,13 +439,16 @@ def main(argv):
   if not FLAGS.model_dir:
     raise app.UsageError("--model_dir is required (a training directory).")
   name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
+  if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+    raise app.UsageError(f"--name={name!r} must be a plain folder name (no '/', '\\', '..' or "
+                         "leading '.'): the export goes to <output_root>/<name>.")
   export_dir = os.path.join(FLAGS.output_root, name)
   try:
     info = export_model_dir(FLAGS.model_dir, export_dir, FLAGS.checkpoint, FLAGS.quantize,
                             FLAGS.calibration_data, FLAGS.calibration_split,
                             FLAGS.calibration_images)
-  except (ExportError, FileNotFoundError, ValueError, KeyError) as e:
-    print(f"[export] FAILED: {e}", file=sys.stderr, flush=True)
+  except (ExportError, OSError, ValueError, KeyError, tf.errors.OpError) as e:
+    print(f"[export] FAILED: {cli.message_of(e)}", file=sys.stderr, flush=True)
     return 1
   v = info["verification"]
   print(f"[export] wrote {os.path.abspath(export_dir)} ({info['source']['checkpoint']}, "

@@ -15,6 +15,8 @@ renamed, so a kill (or a power cut) never leaves a half-written file under a fin
 mid-write at most leaves a `.tmp-*` file, which `remove_stale_temp_files` deletes.
 """
 
+import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -30,6 +32,7 @@ from aop_tf.io import files
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
 CHECKPOINTS = ("best_val_mre", "best_val_loss", "latest")
 
 
@@ -59,12 +62,20 @@ def _atomic_write(path, write_fn):
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   suffix = os.path.splitext(path)[1]
-  fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
+  try:
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
+  except OSError as e:
+    raise OSError(e.errno, f"{path}: cannot write in {folder} ({e.strerror})") from None
   os.close(fd)
   try:
     write_fn(tmp)
     fsync_path(tmp)  # The data reaches the disk before the name points at it.
     os.replace(tmp, path)
+  except OSError as e:  # a full disk, a file-size limit, ...: say where, and what is safe
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    kept = "the previous version is intact" if os.path.exists(path) else "nothing was written"
+    raise OSError(e.errno, f"{path}: writing failed ({e.strerror or e}); {kept}") from None
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
@@ -102,6 +113,35 @@ def read_json(path):
 def save_model(model, path):
   """Saves a `.keras` file (weights, and optimizer state if compiled) atomically."""
   _atomic_write(path, model.save)
+
+
+@contextlib.contextmanager
+def locked(model_dir):
+  """Holds the training directory for one run: a second run on it is refused, naming the holder.
+
+  The lock is an exclusive `flock` on `<model_dir>/.lock` (which also records the holder's PID).
+  The kernel drops it when the holder ends, however it ends, so a killed run's lock never blocks
+  the next one: the file left behind is simply taken over.
+
+  Raises:
+    config.ConfigError: another process holds the directory.
+  """
+  os.makedirs(model_dir, exist_ok=True)
+  path = os.path.join(model_dir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+      raise config_lib.ConfigError(
+          f"{model_dir} is in use by another training run (PID {holder}); wait for it or stop "
+          "it, or train into another --model_dir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the flock
 
 
 def read_spec(model_dir):
@@ -186,11 +226,23 @@ def load_model(model_dir, which=None, compile=False):
   spec = read_spec(model_dir)
   _, path = resolve_checkpoint(model_dir, which)
   model = load_keras_file(path, compile=compile)
+  _check_input(model, spec, path)
   if not compile:  # Inference and export: one network, computing in float32 (model.float32_copy).
     if isinstance(model, semi.MeanTeacher):
       model = model.inference_network
     model = model_lib.float32_copy(model, spec.model_kwargs())
   return model, spec
+
+
+def _check_input(model, spec, path):
+  """Raises ConfigError when a checkpoint's input is not the one config.json describes."""
+  taken = tuple(model.input_shape[1:])
+  described = (spec.model.input_size, spec.model.input_size, spec.model.input_channels)
+  if taken != described:
+    raise config_lib.ConfigError(
+        f"{path} takes inputs of {taken[0]}x{taken[1]}x{taken[2]} but config.json beside it "
+        f"describes {described[0]}x{described[1]}x{described[2]} (input_size, input_channels); "
+        "the two do not belong together: restore the run's config.json or retrain.")
 
 
 def read_state(model_dir):
@@ -214,9 +266,15 @@ def restore(model, model_dir, steps_per_epoch, state):
   try:
     model.load_weights(path)
   except Exception as e:  # pylint: disable=broad-except  # another architecture: one line
-    raise config_lib.ConfigError(f"{path} does not fit the model of these flags "
-                                 f"({type(e).__name__}); use a new --model_dir or the original "
-                                 "flags.") from None
+    detail = type(e).__name__
+    try:
+      saved = tuple(load_keras_file(path).input_shape[1:])
+      if saved != tuple(model.input_shape[1:]):
+        detail = f"it takes {saved} inputs, these flags build {tuple(model.input_shape[1:])}"
+    except ValueError:
+      pass
+    raise config_lib.ConfigError(f"{path} does not fit the model of these flags ({detail}); "
+                                 "use a new --model_dir or the original flags.") from None
   iterations = int(model.optimizer.iterations.numpy())
   epoch, batches = divmod(iterations, steps_per_epoch)
   partial = state.get("partial") or {}

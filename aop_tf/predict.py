@@ -45,6 +45,7 @@ from aop_tf import config as config_lib
 from aop_tf import geometry
 from aop_tf import predictor as predictor_lib
 from aop_tf import pseudo
+from aop_tf.io import files
 from aop_tf.io import images as image_files
 from aop_tf.io import points
 
@@ -53,14 +54,37 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 REDUCE_PIXELS = 4_000_000
 
 
-def find_inputs(specs):
-  """Expands comma-separated files, folders (recursively, image extensions) and globs.
+def input_specs(values):
+  """The files, folders and globs named by `--inputs` values.
+
+  A value is taken whole when it names something that exists or a glob that matches (so a file
+  name may hold a comma); `@FILE` names a list file, one entry a line (`#` comments); anything
+  else is split on commas, the old form (`a.png,scans/,more/*.png`).
+  """
+  if isinstance(values, str):
+    values = [values]
+  specs = []
+  for value in values:
+    if value.startswith("@"):
+      text = files.read_bounded(value[1:], files.MAX_TEXT_BYTES, "--inputs list").decode(
+          "utf-8", "replace")
+      specs.extend(line.strip() for line in text.splitlines()
+                   if line.strip() and not line.lstrip().startswith("#"))
+    elif os.path.exists(value) or glob.glob(value, recursive=True):
+      specs.append(value)
+    else:
+      specs.extend(value.split(","))
+  return specs
+
+
+def find_inputs(values):
+  """Expands `--inputs` values (`input_specs`): files, folders (recursively, image extensions)
+  and globs.
 
   Returns:
     (sorted unique paths, list of specs that matched nothing).
   """
-  if isinstance(specs, str):
-    specs = [s for s in specs.split(",")]
+  specs = input_specs(values)
   paths, unmatched = [], []
   for spec in (s.strip() for s in specs):
     if not spec:
@@ -344,8 +368,9 @@ def _define_flags():
   """Defined only when run as a program, so importing the module defines no global flags."""
   flags.DEFINE_string("model", None, "SavedModel folder (saved_models/<name>), .tflite file or "
                       "training directory.")
-  flags.DEFINE_list("inputs", None, "Image files, folders (searched recursively) or globs, "
-                    "comma separated.")
+  flags.DEFINE_multi_string("inputs", None, "Image files, folders (searched recursively) or "
+                            "globs; repeat the flag, give @list.txt (one a line), or separate "
+                            "them by commas.")
   flags.DEFINE_string("output", None, "Output file (.csv or .json).")
   flags.DEFINE_enum("format", None, ["csv", "json", "pseudo"], "Output format; default from "
                     "--output's extension (csv otherwise). pseudo: a pseudo-label CSV that "
@@ -367,6 +392,8 @@ def _define_flags():
   flags.DEFINE_boolean("bfloat16", None, "SavedModel: bfloat16 convolutions (oneDNN auto mixed "
                        "precision: 1.6x images/s, landmarks within 0.2 px on average). Default: "
                        "on where the CPU has AVX512-BF16 or AMX (native_bfloat16), else off.")
+  flags.DEFINE_boolean("trust_model", False, "Run a SavedModel even if its graph holds ops no "
+                       "aop_tf export holds (file I/O, py_func, ...); refused otherwise.")
   flags.DEFINE_integer("max_pixels", image_files.MAX_PIXELS, "Skip files whose header declares "
                        "more pixels (width * height) than this; 0: no limit.")
 
@@ -405,7 +432,7 @@ def main(argv):
   interpreters = FLAGS.num_interpreters or min(os.cpu_count() or 1, max(1, FLAGS.batch_size))
   bfloat16 = predictor_lib.native_bfloat16() if FLAGS.bfloat16 is None else FLAGS.bfloat16
   model = predictor_lib.load(FLAGS.model, bfloat16=bfloat16, num_threads=FLAGS.num_threads,
-                             num_interpreters=interpreters)
+                             num_interpreters=interpreters, trust_model=FLAGS.trust_model)
   on_batch = None
   if FLAGS.overlay_dir:
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])

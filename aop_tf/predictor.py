@@ -34,6 +34,26 @@ from aop_tf import model_dir as model_dir_lib
 from aop_tf import serving
 
 OUTPUT_KEYS = serving.OUTPUT_KEYS
+# The ops of the graphs aop_tf exports (every model variant: batch or group norm, softmax head,
+# segmentation and tangent FH1, DARK), and pure math ops a variant may add. A SavedModel whose
+# `serve_images` graph holds anything else (file I/O such as WriteFile or ReadFile, PyFunc, ...) is
+# not run unless trusted: this guards against unexpected file and system access from a graph, not
+# against a malicious TensorFlow kernel or a crafted checkpoint that exploits the loader itself.
+ALLOWED_OPS = frozenset("""
+Abs AddV2 All Any ArgMax ArgMin Assert Atan2 AvgPool BatchMatMulV2 BiasAdd Cast Ceil ConcatV2 Const
+Conv2D Conv2DBackpropInput Cumsum DecodeBmp DecodeGif DecodeImage DecodeJpeg DecodePng
+DepthwiseConv2dNative Einsum EnsureShape Equal Erf Exp ExpandDims Fill Floor FloorDiv FloorMod
+FusedBatchNormV3 GatherNd GatherV2 Greater GreaterEqual Identity IdentityN If
+ImageProjectiveTransformV3 IsFinite IsNan LeakyRelu Less LessEqual Log LogSoftmax LogicalAnd
+LogicalNot LogicalOr MatMul Max MaxPool Maximum Mean Min Minimum MirrorPad Mul Neg NoOp NotEqual
+OnesLike Pack Pad PadV2 PartitionedCall Placeholder Pow PreventGradient Prod Range Rank
+ReadVariableOp RealDiv Reciprocal Relu Relu6 Reshape ResizeBilinear ResizeNearestNeighbor
+ReverseV2 Round Rsqrt ScaleAndTranslate Select SelectV2 Shape Sigmoid Sign Size Slice Softmax
+Softplus Split SplitV Sqrt Square SquaredDifference Squeeze StatefulPartitionedCall StatelessIf
+StatelessWhile StopGradient StridedSlice Sub Sum Tanh TensorListElementShape TensorListFromTensor
+TensorListGetItem TensorListLength TensorListReserve TensorListSetItem TensorListStack Tile TopKV2
+Transpose Unpack Where While ZerosLike
+""".split())
 SAVED_MODEL_FILE = "saved_model.pb"
 TFLITE_FILE = "model.tflite"
 EXPORT_INFO_FILE = "export_info.json"
@@ -221,6 +241,15 @@ def _codec_of(spec):
   return None if spec is None else spec.heatmap_codec()
 
 
+def graph_ops(function):
+  """The op types of a concrete function's graph and of every function it calls."""
+  graph_def = function.graph.as_graph_def()
+  ops = {node.op for node in graph_def.node}
+  for library_function in graph_def.library.function:
+    ops |= {node.op for node in library_function.node_def}
+  return ops
+
+
 class SavedModelPredictor(Predictor):
   """Runs a SavedModel's `serve_images` signature: its own resize, model and decoder.
 
@@ -229,10 +258,11 @@ class SavedModelPredictor(Predictor):
     bfloat16: let oneDNN run the convolutions in bfloat16 (auto mixed precision): ~1.5-2x
       images/s on CPUs with AVX512-BF16 or AMX, landmarks within a fraction of a pixel
       (benchmarks/speed.py); TF leaves the graph float32 on other CPUs.
+    trust_model: run it even if its graph holds ops outside `ALLOWED_OPS`.
   """
   kind = "saved_model"
 
-  def __init__(self, path, bfloat16=False):
+  def __init__(self, path, bfloat16=False, trust_model=False):
     try:
       self._loaded = tf.saved_model.load(path)
     except Exception as e:  # pylint: disable=broad-except
@@ -243,6 +273,11 @@ class SavedModelPredictor(Predictor):
                        f"{sorted(self._loaded.signatures)}); export it with "
                        "`python -m aop_tf.export`.")
     self._fn = self._loaded.signatures[serving.SERVE_IMAGES]
+    unknown = graph_ops(self._fn) - ALLOWED_OPS
+    if unknown and not trust_model:
+      raise ValueError(f"{path}: its {serving.SERVE_IMAGES} graph uses ops no aop_tf export "
+                       f"uses ({', '.join(sorted(unknown))}), e.g. file or system access; not "
+                       "running it. Pass --trust_model if you trust where it came from.")
     cells = self._fn.structured_outputs["heatmaps"].shape[1]
     self.spec = _export_spec(path)
     super().__init__(path, _codec_of(self.spec), cells)
@@ -341,7 +376,7 @@ class RedecodingPredictor(Predictor):
 
 
 def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
-         num_interpreters=1):
+         num_interpreters=1, trust_model=False):
   """The predictor of a training directory, a SavedModel folder or a `.tflite` file.
 
   Args:
@@ -351,7 +386,7 @@ def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
       `model_dir.CHECKPOINTS`).
     decode: optional {`decode_method`, `blur_sigma_cells`, `fh1_method`} overriding the model's
       decoding (an export's heatmaps are then decoded again).
-    bfloat16: SavedModel only, see `SavedModelPredictor`.
+    bfloat16, trust_model: SavedModel only, see `SavedModelPredictor`.
     num_threads, num_interpreters: TFLite only, see `TFLitePredictor`.
   """
   decode = {k: v for k, v in (decode or {}).items() if v is not None}
@@ -371,7 +406,7 @@ def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
   if os.path.isfile(path) and path.endswith(".tflite"):
     inner = TFLitePredictor(path, num_threads, num_interpreters)
   elif os.path.isdir(path) and os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
-    inner = SavedModelPredictor(path, bfloat16)
+    inner = SavedModelPredictor(path, bfloat16, trust_model)
   elif os.path.isdir(path) and os.path.isfile(os.path.join(path, TFLITE_FILE)):
     inner = TFLitePredictor(os.path.join(path, TFLITE_FILE), num_threads, num_interpreters)
   else:

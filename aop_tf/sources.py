@@ -8,6 +8,7 @@ it again to see the same examples again. `describe()` says where the examples co
 import os
 
 import numpy as np
+import tensorflow as tf
 from tqdm import tqdm
 
 from aop_tf import data
@@ -29,9 +30,12 @@ class TfdsSource:
     return self._count
 
   def __iter__(self):
-    for ex in data.load_split(self.data_dir, self.split).as_numpy_iterator():
-      yield {"image": ex["image"], "landmarks": ex["landmarks"].astype(np.float32),
-             "filename": ex["filename"].decode("utf-8")}
+    try:
+      for ex in data.load_split(self.data_dir, self.split).as_numpy_iterator():
+        yield {"image": ex["image"], "landmarks": ex["landmarks"].astype(np.float32),
+               "filename": ex["filename"].decode("utf-8")}
+    except tf.errors.DataLossError as e:
+      raise data.corrupt_data_error(self.data_dir, e) from None
 
   def describe(self):
     return {"data_dir": os.path.abspath(self.data_dir), "split": self.split}

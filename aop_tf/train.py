@@ -91,14 +91,9 @@ def _split_size(data_dir, split, flag, hint=""):
     raise ConfigError(f"--{flag}={split!r} in {data_dir}: {e}{hint}") from None
 
 
-def _open(spec):
-  """Checks the spec, the data and the training directory; reads the state of a resumed run."""
-  if not spec.data.data_dir:
-    raise ConfigError("--data_dir is required (a dataset written by `python -m data_prep.build`).")
+def _open(spec, data_dir):
+  """Checks the data and the training directory; reads the state of a resumed run."""
   model_dir = spec.run.model_dir
-  if not model_dir:
-    raise ConfigError("--model_dir is required (the training directory to write or resume).")
-  data_dir = _resolve_data_dir(spec.data.data_dir)
   resuming = os.path.exists(model_dir_lib.checkpoint_path(model_dir, "latest"))
   if resuming and not spec.run.resume:
     raise ConfigError(f"{model_dir} already holds latest.keras; pass --resume to continue it or "
@@ -208,7 +203,22 @@ def train(spec, extra_callbacks=()):
     ConfigError: bad knob values, missing data, or a model dir that cannot be resumed.
     TrainingDiverged: the loss became NaN/inf (`latest.keras` keeps the last good epoch).
   """
-  run = _open(spec)
+  if not spec.data.data_dir:
+    raise ConfigError("--data_dir is required (a dataset written by `python -m data_prep.build`).")
+  data_dir = _resolve_data_dir(spec.data.data_dir)
+  model_dir = spec.run.model_dir
+  if not model_dir:
+    raise ConfigError("--model_dir is required (the training directory to write or resume).")
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise ConfigError(f"--model_dir {model_dir} is a file; pass a folder (created if missing) "
+                      "for the training directory.")
+  with model_dir_lib.locked(model_dir):
+    return _train_locked(spec, data_dir, extra_callbacks)
+
+
+def _train_locked(spec, data_dir, extra_callbacks):
+  """`train` while holding the training directory."""
+  run = _open(spec, data_dir)
   model_dir = spec.run.model_dir
   keras.utils.set_random_seed(spec.run.seed)
   model = task.build_compiled_model(spec, run.steps_per_epoch)
@@ -231,7 +241,10 @@ def train(spec, extra_callbacks=()):
     within = (f" and step {done_batches} of {run.steps_per_epoch} of epoch {initial_epoch + 1}"
               if done_batches else "")
     print(f"Resuming {model_dir} after epoch {initial_epoch}{within}.")
-  status = _fit(run, model, initial_epoch, done_batches, extra_callbacks)
+  try:
+    status = _fit(run, model, initial_epoch, done_batches, extra_callbacks)
+  except tf.errors.DataLossError as e:
+    raise data.corrupt_data_error(run.data_dir, e) from None
   if status.stop_reason == "nan":
     epoch, step = status.nan_at
     latest = model_dir_lib.checkpoint_path(model_dir, "latest")
@@ -285,4 +298,4 @@ def main(argv):
 
 if __name__ == "__main__":
   config_lib.define_flags()
-  cli.run(main, "train", errors=cli.EXPECTED_ERRORS + (TrainingDiverged,))
+  cli.run(main, "train", errors=cli.EXPECTED_ERRORS + (TrainingDiverged, tf.errors.OpError))

@@ -174,7 +174,8 @@ def _record(row, data_dir):
     raise InputError(f"{where}: mask {mask_path} has labels {values.tolist()}; expected 0 bg, "
                      "1 pubic symphysis, 2 fetal head", "mask labels")
   landmarks = landmarks_from_mask(mask, f"{where}: mask {mask_path}")
-  return Record(filename=relative, image=image, landmarks=landmarks, mask=mask, where=where)
+  return Record(filename=relative, image=image, landmarks=landmarks, mask=mask, where=where,
+                path=image_path)
 
 
 def iter_records(data_dir, rows, seen, split):

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from aop_tf.io import images
+from aop_tf.io import labels
 from aop_tf.io.records import InputError, Record
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
@@ -57,12 +58,16 @@ def iter_records(paths, root, seen, split):
       yield InputError(f"{path}: not a regular file; skipped", "not a regular file")
       continue
     try:
-      image = images.read_gray(path)
+      record = Record(filename=relative, image=images.read_gray(path), landmarks=None, where=path,
+                      path=path)
+      labels.claim(seen, record, relative, f"{split} ({path})", path)
     except images.ImageError as e:
       yield InputError(str(e), "unreadable image")
       continue
-    seen[relative] = f"{split} ({path})"
-    yield Record(filename=relative, image=image, landmarks=None, where=path)
+    except InputError as e:
+      yield e
+      continue
+    yield record
 
 
 def read_list(path):

@@ -148,7 +148,7 @@ def test_max_pixels_and_read_errors(setup, tmp_path):
   with pytest.raises(ValueError, match="nothing.png: cannot read file"):
     predict.read_image(str(tmp_path / "nothing.png"))
   os.mkdir(tmp_path / "dir.png")
-  with pytest.raises(ValueError, match="dir.png: cannot read file"):
+  with pytest.raises(ValueError, match="dir.png: file is a folder, not a regular file"):
     predict.read_image(str(tmp_path / "dir.png"))
 
 

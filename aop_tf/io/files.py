@@ -29,6 +29,16 @@ def check_regular(path, what="file"):
     raise FileError(f"{path}: {what} is {kind}, not a regular file; skipped")
 
 
+def identity(path):
+  """`(device, inode)` of the file at `path`, links followed: the same for every name of one file
+  (a symlink, a hard link), None if it cannot be read."""
+  try:
+    st = os.stat(path)
+  except OSError:
+    return None
+  return ("file", st.st_dev, st.st_ino)
+
+
 def read_bounded(path, max_bytes, what="file"):
   """The bytes of the regular file at `path`, at most `max_bytes` of them.
 

@@ -297,7 +297,7 @@ def _row_record(row, image_dir):
       points.check_in_image(point, size, f"{where}, column {name}, image {relative}")
     except points.PointError as e:
       raise InputError(str(e), "point outside image") from e
-  return Record(filename=relative, image=image, landmarks=landmarks, where=where)
+  return Record(filename=relative, image=image, landmarks=landmarks, where=where, path=path)
 
 
 def iter_records(rows, image_dir, seen, split):
@@ -318,22 +318,38 @@ def unique_records(rows, seen, split, make_record):
   """Yields `make_record(row)` or an `InputError` per row, refusing files already in `seen`.
 
   The one duplicate rule of every source: rows the CSV parser rejected and rows naming a file an
-  earlier accepted row (of any split) named are refused; `make_record` may raise `InputError`.
-  Only accepted rows claim their file name, so a later row may still fix a refused one.
+  earlier accepted row (of any split) named are refused, and so are rows reaching the same file
+  under another name (a symlink or a hard link: `claim`); `make_record` may raise `InputError`.
+  Only accepted rows claim their file, so a later row may still fix a refused one.
   """
   for row in rows:
     if row.error:
       yield InputError(row.error, "malformed CSV row")
       continue
     key = normalise_name(row.filename)
+    where = f"{row.csv_path} line {row.line}"
     if key and key in seen:
-      yield InputError(f"{row.csv_path} line {row.line}: duplicate Filename {row.filename!r}, "
-                       f"already used by {seen[key]}; skipped", "duplicate filename")
+      yield InputError(f"{where}: duplicate Filename {row.filename!r}, already used by "
+                       f"{seen[key]}; skipped", "duplicate filename")
       continue
     try:
       record = make_record(row)
+      claim(seen, record, key, f"{split} ({os.path.basename(row.csv_path)} line {row.line})",
+            where)
     except InputError as e:
       yield e
       continue
-    seen[key] = f"{split} ({os.path.basename(row.csv_path)} line {row.line})"
     yield record
+
+
+def claim(seen, record, key, owner, where):
+  """Records that `owner` uses `record`'s name `key` and its file; raises InputError when another
+  name of the same file (a link) was taken already, naming both."""
+  same = files.identity(record.path) if record.path else None
+  if same is not None and same in seen:
+    raise InputError(f"{where}: {record.path} is the same file as one already used by "
+                     f"{seen[same]} (a link or another name of it); skipped",
+                     "duplicate file")
+  seen[key] = owner
+  if same is not None:
+    seen[same] = owner

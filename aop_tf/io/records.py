@@ -36,9 +36,11 @@ class Record:
       unlabeled image.
     mask: uint8 [H, W] labels (0 bg, 1 pubic symphysis, 2 fetal head), or None.
     where: where it came from, for messages (e.g. "train.csv line 7").
+    path: the image file read, if any (duplicates under other names are found through it).
   """
   filename: str
   image: np.ndarray
   landmarks: typing.Optional[np.ndarray]
   mask: typing.Optional[np.ndarray] = None
   where: str = ""
+  path: str = ""
