@@ -14,7 +14,8 @@ Every predictor takes original images, uint8 [H, W, C] (or [H, W]; C = 1 gray, 2
   heatmaps    float32 [N, R, R, 3]
 
 Batching is done once, here: `chunks` cuts a stream into lists of at most `batch_size` items, and
-`Predictor.predict` runs each stretch of equal-size images of a list in one model call. Evaluation
+`Predictor.predict` runs each stretch of equal-size images of a list in one model call, of at most
+`MAX_BATCH_VALUES` pixel values. Evaluation
 (`aop_tf.evaluate`) is a predictor + a data source + metrics; `aop_tf.predict` is a predictor +
 image files + writers; `aop_tf.export` checks its exports against the Keras predictor.
 """
@@ -54,6 +55,9 @@ StatelessWhile StopGradient StridedSlice Sub Sum Tanh TensorListElementShape Ten
 TensorListGetItem TensorListLength TensorListReserve TensorListSetItem TensorListStack Tile TopKV2
 Transpose Unpack Where While ZerosLike
 """.split())
+# At most this many pixel values (H * W * C) go to the model in one call (a float32 copy of them is
+# 64 MiB): a batch is bounded by its pixels, not by its count.
+MAX_BATCH_VALUES = 1 << 24
 SAVED_MODEL_FILE = "saved_model.pb"
 TFLITE_FILE = "model.tflite"
 EXPORT_INFO_FILE = "export_info.json"
@@ -93,12 +97,14 @@ def chunks(items, batch_size):
     yield pending
 
 
-def _same_size_runs(images):
-  """`(start, end)` of each stretch of consecutive equal-shape images."""
+def _same_size_runs(images, max_values=MAX_BATCH_VALUES):
+  """`(start, end)` of each stretch of consecutive equal-shape images, cut so that a stretch holds
+  at most `max_values` pixel values (one image at least)."""
   start = 0
   while start < len(images):
+    limit = start + max(1, max_values // max(1, images[start].size))
     end = start + 1
-    while end < len(images) and images[end].shape == images[start].shape:
+    while end < min(len(images), limit) and images[end].shape == images[start].shape:
       end += 1
     yield start, end
     start = end

@@ -261,6 +261,9 @@ def resolve_in_folder(folder, filename, where, kind="image"):
   if not inside:
     raise InputError(f"{where}: Filename {name!r} resolves to {real}, outside the image folder "
                      f"{root} (symlink?); copy the file into the folder", "unsafe filename")
+  if not is_file and os.path.exists(path):
+    raise InputError(f"{where}: {kind} {path} is not a regular file (a folder, FIFO or device); "
+                     "skipped", "not a regular file")
   if not is_file:
     raise InputError(f"{where}: {kind} {path} not found; check the Filename column and "
                      f"the {kind} folder", f"missing {kind}")
