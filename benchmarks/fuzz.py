@@ -2,6 +2,7 @@
 
   python -m benchmarks.fuzz                          # 2000 image files, 3000 CSV rows, seed 0
   python -m benchmarks.fuzz --images=300 --rows=400 --seed=1 --out=/tmp/fuzz.json
+  python -m benchmarks.fuzz --stages=hostile --out=benchmarks/results/hostile.json   # issue 17
 
 Generates, from a few valid images (PNG 8/16-bit gray/RGB/RGBA, JPEG, BMP, TIFF, WebP, GIF), `--images`
 mutated files (bit flips, overwritten and deleted runs, truncation, inserted bytes, PNG headers
@@ -50,6 +51,11 @@ flags.DEFINE_integer("raw_csvs", 40, "Whole CSV files mutated at the byte level.
 flags.DEFINE_integer("seed", 0, "Random seed of the mutations.")
 flags.DEFINE_string("work_dir", None, "Where the inputs are written; default a temp folder.")
 flags.DEFINE_boolean("keep", False, "Keep the work folder.")
+flags.DEFINE_list("stages", ["decode", "data_prep", "predict"],
+                  "Stages to run: decode, data_prep, predict (mutated inputs) and hostile (huge "
+                  "images, FIFOs, /dev/zero, concurrent runs, each with its peak memory; "
+                  "benchmarks/hostile.py).")
+flags.DEFINE_integer("hostile_side", 10000, "Side in pixels of the hostile stage's huge images.")
 flags.DEFINE_string("worker", None, "Internal: run one stage (decode, data_prep, predict).")
 flags.DEFINE_string("out", os.path.join(REPO_ROOT, "benchmarks", "results", "fuzz.json"),
                     "Output JSON.")
@@ -57,7 +63,7 @@ FLAGS = flags.FLAGS
 
 WIDTH, HEIGHT = 64, 48  # the valid images; valid points below lie inside them
 VALID_POINTS = ("(10, 5)", "(50, 20)", "(30, 30)")
-STAGES = ("decode", "data_prep", "predict")
+STAGES = ("decode", "data_prep", "predict", "hostile")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,10 +385,11 @@ def stage_data_prep(manifest, work):
           "files": files}
 
 
-def stage_predict(manifest, work):
+def tiny_export(work):
+  """Exports an untrained 64-pixel model to `work`/export (SavedModel + TFLite); -> its path."""
   import keras  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from aop_tf import config as config_lib, export, predict, predictor  # pylint: disable=import-outside-toplevel
+  from aop_tf import config as config_lib, export  # pylint: disable=import-outside-toplevel
   from aop_tf.model import build_unet  # pylint: disable=import-outside-toplevel
   spec = config_lib.RunSpec().replace(input_size=64, base_filters=4, depth=2, heatmap_size=16,
                                       sigma_cells=1.5, decode_method="dark", decode_blur_sigma=1.0)
@@ -390,6 +397,27 @@ def stage_predict(manifest, work):
   export_dir = os.path.join(work, "export")
   export.export(build_unet(**spec.model_kwargs()), spec, export_dir,
                 test_images=[np.full((48, 64, 1), 100, np.uint8)])
+  return export_dir
+
+
+def stage_hostile(work):
+  """Hostile inputs through the command lines (benchmarks/hostile.py), with peak memory."""
+  from benchmarks import hostile  # pylint: disable=import-outside-toplevel
+  from data_prep import build  # pylint: disable=import-outside-toplevel
+  phantom_dir = os.path.join(work, "phantom")
+  build.build_dataset("phantom", out_dir=phantom_dir, phantom_counts={"train": 16, "val": 4},
+                      verbose=False)
+  cases = hostile.cases(os.path.join(work, "hostile"), tiny_export(work), phantom_dir,
+                        side=FLAGS.hostile_side)
+  peaks = [c["peak_rss_mib"] for c in cases.values() if c.get("peak_rss_mib")]
+  return {"limit_mib": hostile.LIMIT_MIB, "worst_peak_rss_mib": max(peaks, default=None),
+          "cases": cases, "crashed": 0, "accounted": all(c["ok"] for c in cases.values())}
+
+
+def stage_predict(manifest, work):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from aop_tf import predict, predictor  # pylint: disable=import-outside-toplevel
+  export_dir = tiny_export(work)
   paths = [os.path.join(manifest["images_dir"], n) for n in manifest["image_files"]]
   result = {"inputs": len(paths)}
   crashes = []
@@ -424,13 +452,17 @@ def stage_predict(manifest, work):
 
 
 def _worker(stage, work):
-  with open(os.path.join(work, "manifest.json")) as f:
-    manifest = json.load(f)
+  manifest = None
+  if stage != "hostile":
+    with open(os.path.join(work, "manifest.json")) as f:
+      manifest = json.load(f)
   start = time.perf_counter()
   if stage == "decode":
     result = stage_decode(manifest)
   elif stage == "data_prep":
     result = stage_data_prep(manifest, work)
+  elif stage == "hostile":
+    result = stage_hostile(work)
   else:
     result = stage_predict(manifest, work)
   result["seconds"] = round(time.perf_counter() - start, 1)
@@ -443,7 +475,7 @@ def _run_stage(stage, work):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
              PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run([sys.executable, "-m", "benchmarks.fuzz", f"--worker={stage}",
-                         f"--work_dir={work}"], cwd=REPO_ROOT, env=env, capture_output=True,
+                         f"--work_dir={work}", f"--hostile_side={FLAGS.hostile_side}"], cwd=REPO_ROOT, env=env, capture_output=True,
                         text=True)
   path = os.path.join(work, f"{stage}.json")
   if proc.returncode != 0 or not os.path.exists(path):
@@ -461,24 +493,29 @@ def main(argv):
   start = time.time()
   work = FLAGS.work_dir or tempfile.mkdtemp(prefix="aop_fuzz_")
   os.makedirs(work, exist_ok=True)
-  print(f"[fuzz] writing {FLAGS.images} mutated images and {FLAGS.rows} CSV rows (+ "
-        f"{FLAGS.raw_csvs} byte-mutated CSVs) to {work}", flush=True)
-  manifest = generate(work, FLAGS.images, FLAGS.rows, FLAGS.rows_per_csv, FLAGS.raw_csvs,
-                      FLAGS.seed)
+  unknown = set(FLAGS.stages) - set(STAGES)
+  if unknown:
+    raise app.UsageError(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGES)}")
+  manifest = {"image_files": [], "n_seed_images": 0, "mutations": {}, "csvs": []}
+  if set(FLAGS.stages) - {"hostile"}:
+    print(f"[fuzz] writing {FLAGS.images} mutated images and {FLAGS.rows} CSV rows (+ "
+          f"{FLAGS.raw_csvs} byte-mutated CSVs) to {work}", flush=True)
+    manifest = generate(work, FLAGS.images, FLAGS.rows, FLAGS.rows_per_csv, FLAGS.raw_csvs,
+                        FLAGS.seed)
   stages = {}
-  for stage in STAGES:
+  for stage in FLAGS.stages:
     print(f"[fuzz] stage {stage} ...", flush=True)
     stages[stage] = _run_stage(stage, work)
     summary = {k: v for k, v in stages[stage].items() if k not in ("files", "crashes")}
     print(f"[fuzz]   {json.dumps(summary)[:600]}", flush=True)
   nothing_crashed = all(s.get("crashed", 1) == 0 for s in stages.values())
   accounted = all(s.get("accounted") for s in stages.values())
-  data_prep = dict(stages["data_prep"])
-  data_prep.pop("files", None)
+  if "data_prep" in stages:
+    stages["data_prep"] = {k: v for k, v in stages["data_prep"].items() if k != "files"}
   report = {
       "command": "python -m benchmarks.fuzz " + " ".join(
           f"--{k}={getattr(FLAGS, k)}" for k in ("images", "rows", "rows_per_csv", "raw_csvs",
-                                                  "seed")),
+                                                  "seed")) + " --stages=" + ",".join(FLAGS.stages),
       "seed": FLAGS.seed,
       "n_image_files": len(manifest["image_files"]),
       "n_seed_images": manifest["n_seed_images"],
@@ -486,8 +523,7 @@ def main(argv):
       "n_csv_rows": sum(c["rows"] for c in manifest["csvs"]),
       "nothing_crashed": nothing_crashed,
       "every_input_accounted_for": accounted,
-      "stages": {"decode": stages["decode"], "data_prep": data_prep,
-                 "predict": stages["predict"]},
+      "stages": stages,
       "seconds": round(time.time() - start, 1),
       "load_average": os.getloadavg(),
       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

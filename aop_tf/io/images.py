@@ -40,8 +40,10 @@ except AttributeError:
 # Largest accepted image, pixels (width * height): 100 megapixels, e.g. 10000x10000. Ultrasound
 # frames are at most a few megapixels; the cap bounds the memory one file can claim.
 MAX_PIXELS = 100_000_000
-# Largest accepted file, bytes (an uncompressed 100-megapixel 16-bit RGBA TIFF is 800 MB).
-MAX_FILE_BYTES = 1 << 30
+# Largest accepted file, bytes: an uncompressed 100-megapixel RGB BMP (300 MB) fits. The file is
+# held in memory while it decodes, so this and MAX_PIXELS bound a reader's peak memory (1.5 GB,
+# README); larger files (a 16-bit RGBA TIFF of 100 megapixels is 800 MB) are refused.
+MAX_FILE_BYTES = 320 << 20
 # Above this many pixels an image is decoded straight to one 8-bit (or 16-bit) channel, not at its
 # stored depth and channels: a 100-megapixel 16-bit RGBA PNG needs 800 MB that way, 100 MB this way.
 LARGE_PIXELS = 16_000_000
