@@ -167,7 +167,7 @@ def test_missing_empty_truncated_and_non_image_files(tmp_path):
   items = _items(tmp_path)
   assert _reasons(items) == ["missing image", "unreadable image", "unreadable image",
                              "unreadable image", "unreadable image", "unreadable image",
-                             "missing image", "unreadable image"]
+                             "not a regular file", "unreadable image"]
   for line, (name, item) in enumerate(zip(names, items), start=2):
     assert f"train.csv line {line}" in str(item) and name in str(item), str(item)
   assert "empty file" in str(items[1])
