@@ -67,6 +67,7 @@ class HeatmapCodec:
   Usage:
     codec = HeatmapCodec(input_size=256, heatmap_size=64, sigma_cells=2.0)
     targets = codec.encode(landmarks_px, size_px)["heatmaps"]      # [B, 64, 64, 3]
+    same = codec.render(codec.to_cells(landmarks_px, size_px))      # what the losses do
     decoded = codec.decode(model(images), size_px)["landmarks"]    # [B, 3, 2] pixels
   """
   input_size: int = 256
@@ -119,8 +120,17 @@ class HeatmapCodec:
     if len(size.shape) == len(landmarks.shape) - 1:  # one size per example
       size = size[..., None, :]
     cells = self.to_cells(landmarks, size)
-    return {"heatmaps": heatmap.gaussian_heatmaps(cells, self.cells, self.sigma_cells),
-            "landmarks_cells": cells}
+    return {"heatmaps": self.render(cells), "landmarks_cells": cells}
+
+  def render(self, landmarks_cells):
+    """The Gaussian targets of landmarks given in cells: unit-peak float32 [..., R, R, 3].
+
+    The second half of `encode`, on its own: the input pipeline yields cells (24 bytes per
+    example), and the losses render the targets inside the training step with this, on whatever
+    device trains (`losses`).
+    """
+    return heatmap.gaussian_heatmaps(tf.cast(landmarks_cells, tf.float32), self.cells,
+                                     self.sigma_cells)
 
   def decode(self, outputs, size_px):
     """Landmarks, AoP and confidence of a batch of model outputs.

@@ -4,7 +4,11 @@ Datasets are written by `python -m data_prep.build` (schema in ARCHITECTURE.md) 
 `tfds.builder_from_directory`, which needs no builder code. An example flows through these steps:
 
   decode (TFDS) -> resize to the model input (`preprocess_image`, cached) -> [shuffle] ->
-  [augment in input pixels] -> channels -> `codec.encode` (cells, Gaussian targets) -> batch
+  [augment in input pixels] -> channels -> landmarks in heatmap cells (`codec.to_cells`) -> batch
+
+The Gaussian targets are not made here: the losses render them from the cells inside the training
+step (`codec.HeatmapCodec.render`), on the device that trains, so an example carries 24 bytes of
+landmarks instead of R * R * 3 floats of heatmaps.
 
 Coordinates follow `aop_tf.geometry`: `(x, y)`, pixel centres at integers, sizes `(width, height)`.
 The resize covers the whole field of view, so landmarks map from the original size straight to
@@ -247,7 +251,7 @@ def _finish_fn(spec, training, with_mask):
       landmarks = geometry.rescale_points(in_px, (size, size), size_px)
     out = {
         "image": convert_channels(image, spec.model.input_channels),
-        **codec.encode(landmarks, size_px),
+        "landmarks_cells": codec.to_cells(landmarks, size_px),
         "landmarks": landmarks,
         "size_px": size_px,
         "filename": ex["filename"],
@@ -298,8 +302,8 @@ def make_dataset(data_dir, split, spec, training, start_epoch=0):
     start_epoch: first epoch (0-based) of the training stream, to resume exactly.
 
   Returns:
-    tf.data.Dataset of dicts: `image` float32 [B, S, S, C] 0..255; `heatmaps` float32 [B, R, R, 3]
-    and `landmarks_cells` float32 [B, 3, 2] (`codec.encode`); `landmarks` float32 [B, 3, 2]
+    tf.data.Dataset of dicts: `image` float32 [B, S, S, C] 0..255; `landmarks_cells` float32
+    [B, 3, 2] (`codec.to_cells`; the losses render the targets); `landmarks` float32 [B, 3, 2]
     original pixels (after augmentation, in the original frame); `size_px` float32 [B, 2]
     `(width, height)`; `filename` string [B]; with a segmentation head: `mask` int32 [B, R, R]
     (0 bg, 1 PS, 2 FH), `has_mask` bool [B].
@@ -394,9 +398,10 @@ def steps_per_epoch(data_dir, split, spec):
 
 
 def to_keras(batch):
-  """Batch dict -> `(x, y)` for Keras `fit`/`evaluate`: `x` images, `y` {"heatmaps",
-  ["segmentation"]}; images without a real mask get segmentation label -1 (ignored by the loss)."""
-  y = {"heatmaps": batch["heatmaps"]}
+  """Batch dict -> `(x, y)` for Keras `fit`/`evaluate`: `x` images, `y` {"heatmaps": landmarks in
+  cells [B, 3, 2] (the heatmap loss renders them), ["segmentation"]}; images without a real mask
+  get segmentation label -1 (ignored by the loss)."""
+  y = {"heatmaps": batch["landmarks_cells"]}
   if "mask" in batch:
     mask = tf.cast(batch["mask"], tf.int32)
     has_mask = tf.reshape(tf.cast(batch["has_mask"], tf.bool), [-1, 1, 1])

@@ -1,7 +1,10 @@
 """Training losses: heatmap regression (MSE and variants) and the optional segmentation loss.
 
-Heatmap targets from the pipeline are unit-peak Gaussians, float32 [B, R, R, 3]; every heatmap
-loss multiplies them by `heatmap_scale` first (a larger amplitude gives the foreground more weight
+The input pipeline yields the landmarks in heatmap cells, float32 [B, 3, 2]; each heatmap loss
+renders its targets from them inside the training step (`codec.HeatmapCodec.render`, the one
+encoder: unit-peak Gaussians [B, R, R, 3]), so the maps are made on the device that trains and never
+cross from the host. A loss also takes rendered maps as `y_true` (rank 4) as they are. Every
+heatmap loss multiplies the targets by `heatmap_scale` first (a larger amplitude gives the foreground more weight
 against the mostly-zero background; decoding is scale invariant). Each loss returns one value per example,
 the mean over cells and landmarks, which Keras then averages over the batch: `mse` with scale 1 is
 exactly the paper's (PyTorch `MSELoss`, mean over all elements).
@@ -10,9 +13,12 @@ The classes are registered Keras serializables, so `.keras` checkpoints load wit
 `compile=True`; evaluation loads with `compile=False` and needs none of this.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
+from aop_tf import codec as codec_lib
 from aop_tf import geometry
 from aop_tf import heatmap
 
@@ -21,8 +27,37 @@ HEATMAP_LOSSES = ("mse", "weighted_mse", "awing", "softmax_ce")
 SOFTMAX_LOSSES = ("softmax_ce",)
 
 
+class HeatmapLoss(keras.losses.Loss):
+  """A loss on heatmaps whose `y_true` may be landmarks in cells, rendered here by `codec`.
+
+  Args:
+    codec: the run's `codec.HeatmapCodec` (or its fields as a dict, as `get_config` stores it);
+      None: `y_true` must be rendered maps.
+  """
+
+  def __init__(self, codec=None, **kwargs):
+    super().__init__(**kwargs)
+    if isinstance(codec, dict):
+      codec = codec_lib.HeatmapCodec(**codec)
+    self.codec = codec
+
+  def targets(self, y_true):
+    """float32 [B, R, R, 3] unit-peak targets of `y_true`: cells [B, 3, 2] or maps [B, R, R, 3]."""
+    y_true = tf.cast(y_true, tf.float32)
+    if len(y_true.shape) == 4:
+      return y_true
+    if self.codec is None:
+      raise ValueError(f"{self.name}: landmarks in cells (shape {y_true.shape}) need a codec to "
+                       "render their targets.")
+    return self.codec.render(y_true)
+
+  def get_config(self):
+    codec = dataclasses.asdict(self.codec) if self.codec is not None else None
+    return {**super().get_config(), "codec": codec}
+
+
 @keras.saving.register_keras_serializable(package="aop_tf")
-class HeatmapMSE(keras.losses.Loss):
+class HeatmapMSE(HeatmapLoss):
   """Mean squared error against `heatmap_scale * target`, optionally foreground weighted.
 
   The weight of a cell is `1 + foreground_weight * target` (target in 0..1), so cells near a
@@ -39,7 +74,7 @@ class HeatmapMSE(keras.losses.Loss):
     self.foreground_weight = float(foreground_weight)
 
   def call(self, y_true, y_pred):
-    y_true = tf.cast(y_true, tf.float32)
+    y_true = self.targets(y_true)
     y_pred = tf.cast(y_pred, tf.float32)
     error = tf.square(y_pred - self.heatmap_scale * y_true)
     if self.foreground_weight:
@@ -52,7 +87,7 @@ class HeatmapMSE(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="aop_tf")
-class AdaptiveWingLoss(keras.losses.Loss):
+class AdaptiveWingLoss(HeatmapLoss):
   """Adaptive Wing loss (Wang et al., ICCV 2019) with its weighted loss map.
 
   Per cell, with `y` the unit-peak target, `d = |pred - heatmap_scale * y|` and
@@ -77,7 +112,7 @@ class AdaptiveWingLoss(keras.losses.Loss):
     self.map_weight = float(map_weight)
 
   def call(self, y_true, y_pred):
-    y = tf.clip_by_value(tf.cast(y_true, tf.float32), 0.0, 1.0)
+    y = tf.clip_by_value(self.targets(y_true), 0.0, 1.0)
     diff = tf.abs(tf.cast(y_pred, tf.float32) - self.heatmap_scale * y)
     power = self.alpha - y
     ratio = self.theta / self.epsilon
@@ -99,7 +134,7 @@ class AdaptiveWingLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="aop_tf")
-class SpatialSoftmaxCE(keras.losses.Loss):
+class SpatialSoftmaxCE(HeatmapLoss):
   """Cross-entropy between heatmaps taken as distributions over cells, per landmark.
 
   The target Gaussian is normalised to sum 1 over the R*R cells; so is the prediction (the output
@@ -124,7 +159,7 @@ class SpatialSoftmaxCE(keras.losses.Loss):
     self.aop_weight = float(aop_weight)
 
   def call(self, y_true, y_pred):
-    y_true = tf.cast(y_true, tf.float32)
+    y_true = self.targets(y_true)
     y_pred = tf.cast(y_pred, tf.float32)
     target = y_true / tf.maximum(tf.reduce_sum(y_true, axis=[1, 2], keepdims=True), 1e-12)
     prob = y_pred / tf.maximum(tf.reduce_sum(y_pred, axis=[1, 2], keepdims=True), 1e-12)
@@ -176,7 +211,7 @@ class MaskedSegmentationLoss(keras.losses.Loss):
 
 
 def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0, coord_weight=0.0,
-                 aop_weight=0.0):
+                 aop_weight=0.0, codec=None):
   """The heatmap loss called `name` (one of `HEATMAP_LOSSES`).
 
   Args:
@@ -186,6 +221,8 @@ def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0, coord_weight=0
     foreground_weight: for "weighted_mse", the extra weight at the peaks.
     coord_weight, aop_weight: for "softmax_ce", its soft-argmax coordinate (cells) and AoP
       (degrees) terms; other losses need both 0.
+    codec: the `codec.HeatmapCodec` that renders targets from landmarks in cells (see
+      `HeatmapLoss`); None: the loss takes rendered maps only.
   """
   if name not in SOFTMAX_LOSSES and (coord_weight or aop_weight):
     raise ValueError(f"The coordinate/AoP loss terms need a softmax loss {SOFTMAX_LOSSES}; "
@@ -193,13 +230,13 @@ def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0, coord_weight=0
   if coord_weight < 0 or aop_weight < 0:
     raise ValueError(f"coord_weight {coord_weight} and aop_weight {aop_weight} must be >= 0.")
   if name == "mse":
-    return HeatmapMSE(heatmap_scale, 0.0, name="mse")
+    return HeatmapMSE(heatmap_scale, 0.0, name="mse", codec=codec)
   if name == "weighted_mse":
     if foreground_weight <= 0:
       raise ValueError(f"weighted_mse needs foreground_weight > 0; got {foreground_weight}.")
-    return HeatmapMSE(heatmap_scale, foreground_weight, name="weighted_mse")
+    return HeatmapMSE(heatmap_scale, foreground_weight, name="weighted_mse", codec=codec)
   if name == "awing":
-    return AdaptiveWingLoss(heatmap_scale)
+    return AdaptiveWingLoss(heatmap_scale, codec=codec)
   if name == "softmax_ce":
-    return SpatialSoftmaxCE(coord_weight, aop_weight)
+    return SpatialSoftmaxCE(coord_weight, aop_weight, codec=codec)
   raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(HEATMAP_LOSSES)}.")

@@ -8,7 +8,8 @@ strong view of each image, with the matrices that made them):
   2. The pseudo-label filters (`aop_tf.pseudo`) judge them in the original image's frame; points the
      strong warp pushed off the image are dropped too.
   3. The landmarks move by the known transform from the weak view to the strong one and become
-     Gaussian targets there (`codec.encode`), so the target stays on the anatomy.
+     Gaussian targets there (cells, rendered by the loss: `codec.HeatmapCodec.render`), so the
+     target stays on the anatomy.
   4. The student learns the labeled batch (the run's losses) plus the unlabeled batch (the heatmap
      loss against those targets, kept examples only), the latter weighted by `unlabeled_weight`
      ramped up over `rampup_epochs`; then the teacher follows.
@@ -72,7 +73,7 @@ class MeanTeacher(keras.Model):
     self.teacher.trainable = False
     self.codec = codec_lib.HeatmapCodec(**codec)
     self.semi = _Settings(semi)
-    self.unlabeled_loss = losses.heatmap_loss(**heatmap_loss)
+    self.unlabeled_loss = losses.heatmap_loss(**heatmap_loss, codec=self.codec)
     self.rampup_steps = int(rampup_steps)
     self._supervised_tracker = keras.metrics.Mean(name="supervised_loss")
     self._unlabeled_tracker = keras.metrics.Mean(name="unlabeled_loss")
@@ -121,7 +122,8 @@ class MeanTeacher(keras.Model):
       unlabeled: a batch of `data.make_unlabeled_dataset`.
 
     Returns:
-      targets: float32 [B, R, R, 3] unit-peak Gaussians in the strong view.
+      targets: float32 [B, 3, 2] the landmarks in cells of the strong view (the loss renders
+        their Gaussians, `codec.HeatmapCodec.render`).
       keep: bool [B]: passed the filters and stayed on the image.
       landmarks: float32 [B, 3, 2] the teacher's landmarks in strong-view pixels.
     """
@@ -137,7 +139,7 @@ class MeanTeacher(keras.Model):
                                       unlabeled["strong_forward"] @ weak_to_input)
     inside = tf.reduce_all(tf.logical_and(strong >= 0.0, strong <= size - 1.0), axis=[1, 2])
     keep = tf.logical_and(verdict["kept"], inside)
-    return self.codec.encode(strong, square)["heatmaps"], keep, strong
+    return self.codec.to_cells(strong, square), keep, strong
 
   def train_step(self, data):
     (x, y), unlabeled = data["labeled"], data["unlabeled"]

@@ -24,7 +24,7 @@ def build_compiled_model(spec, steps_per_epoch=1):
   loss_spec = spec.loss
   loss = {"heatmaps": losses.heatmap_loss(
       loss_spec.loss, spec.codec.heatmap_scale, loss_spec.foreground_weight,
-      loss_spec.coord_loss_weight, loss_spec.aop_loss_weight)}
+      loss_spec.coord_loss_weight, loss_spec.aop_loss_weight, spec.heatmap_codec())}
   loss_weights = {"heatmaps": 1.0}
   if spec.model.seg_classes:
     loss["segmentation"] = losses.MaskedSegmentationLoss()

@@ -44,7 +44,9 @@ def _spec(with_mask=False, **flags):
 
 
 def _decode(spec, batch):
-  return spec.heatmap_codec().decode(batch["heatmaps"], batch["size_px"])
+  """The batch's targets as the loss renders them, decoded back to pixels."""
+  codec = spec.heatmap_codec()
+  return codec.decode(codec.render(batch["landmarks_cells"]), batch["size_px"])
 
 
 def _batches(ds, n):
@@ -152,7 +154,7 @@ def test_eval_batches_shapes_dtypes_and_file_order(data_dir):
   batches = _batches(data.make_dataset(data_dir, "val", cfg, training=False), 10)
   assert [len(b["filename"]) for b in batches] == [4, 2]
   b = batches[0]
-  expected = {"image": (np.float32, (4, 128, 128, 3)), "heatmaps": (np.float32, (4, 32, 32, 3)),
+  expected = {"image": (np.float32, (4, 128, 128, 3)),
               "landmarks_cells": (np.float32, (4, 3, 2)), "landmarks": (np.float32, (4, 3, 2)),
               "size_px": (np.float32, (4, 2)), "filename": (object, (4,)),
               "mask": (np.int32, (4, 32, 32)), "has_mask": (np.bool_, (4,))}
@@ -264,6 +266,7 @@ def test_to_keras(data_dir):
   b = next(iter(data.make_dataset(data_dir, "val", cfg, training=False)))
   x, y = data.to_keras(b)
   assert x is b["image"] and set(y) == {"heatmaps", "segmentation"}
+  assert y["heatmaps"] is b["landmarks_cells"]  # cells: the loss renders the maps
   np.testing.assert_array_equal(y["segmentation"], b["mask"])  # phantom masks are real
   unmasked = dict(b, has_mask=tf.constant([False, True]))
   labels = data.to_keras(unmasked)[1]["segmentation"].numpy()

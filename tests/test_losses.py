@@ -57,3 +57,22 @@ def test_masked_segmentation_loss_ignores_unlabelled_examples():
   per_example = losses.MaskedSegmentationLoss()(labels, probs)
   # Mean over the batch: example 0 contributes log(3), example 1 (no mask) 0.
   assert float(per_example) == pytest.approx(math.log(3.0) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", losses.HEATMAP_LOSSES)
+def test_landmarks_in_cells_are_rendered_by_the_codec_inside_the_loss(name):
+  """The pipeline hands the losses cells; rendering them in the loss is the host's old targets."""
+  import keras  # pylint: disable=import-outside-toplevel
+  from aop_tf import codec as codec_lib  # pylint: disable=import-outside-toplevel
+  codec = codec_lib.HeatmapCodec(input_size=64, heatmap_size=16, sigma_cells=1.5)
+  cells = np.random.default_rng(0).uniform(2, 13, (2, 3, 2)).astype("float32")
+  maps = codec.render(cells).numpy()
+  pred = np.random.default_rng(1).uniform(0.01, 1, maps.shape).astype("float32")
+  loss = losses.heatmap_loss(name, heatmap_scale=2.0, codec=codec)
+  assert float(loss(cells, pred)) == pytest.approx(float(loss(maps, pred)), rel=1e-6)
+  assert float(loss(cells, pred)) != pytest.approx(float(loss(cells + 1.0, pred)), rel=1e-3)
+  again = keras.losses.deserialize(keras.losses.serialize(loss))  # a checkpoint's compile=True
+  assert again.codec == codec
+  assert float(again(cells, pred)) == pytest.approx(float(loss(cells, pred)), rel=1e-6)
+  with pytest.raises(ValueError, match="need a codec"):
+    losses.heatmap_loss(name)(cells, pred)
