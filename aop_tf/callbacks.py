@@ -179,15 +179,17 @@ class Validation(keras.callbacks.Callback):
 
   `dataset`: batches of `data.make_dataset(..., training=False)`; `keras_dataset`: the same as
   `(x, y)` pairs. Runs every `val_every` epochs, at the last epoch and when the time budget runs
-  out (not after a stop signal); adds to the epoch logs `val_loss` (and per-output losses),
+  out (not after a stop signal); `evaluate` replaces `model.evaluate` (`distribute.evaluate` on
+  several workers); adds to the epoch logs `val_loss` (and per-output losses),
   `val_mre_px`, `val_mre_512`, `val_aop_error_deg` (means over images), and keeps the full
   `metrics.report` in `status.val["report"]`. `codec`: the run's `codec.HeatmapCodec`. A model with
   several `networks` (`semi.MeanTeacher`) is measured for each: the first (the one that predicts)
   gives the figures above, the others `val_<name>_mre_512` and so on.
   """
 
-  def __init__(self, status, dataset, keras_dataset, codec, val_every, epochs):
+  def __init__(self, status, dataset, keras_dataset, codec, val_every, epochs, evaluate=None):
     super().__init__()
+    self.evaluate = evaluate  # (model, keras_dataset) -> {loss name: value}; None: model.evaluate
     self.status = status
     self.dataset = dataset
     self.keras_dataset = keras_dataset
@@ -207,7 +209,8 @@ class Validation(keras.callbacks.Callback):
     self.status.val = {}
     if self.dataset is None or not self.status.epoch_complete() or not self.due(epoch):
       return
-    losses = self.model.evaluate(self.keras_dataset, verbose=0, return_dict=True)
+    losses = (self.evaluate(self.model, self.keras_dataset) if self.evaluate else
+              self.model.evaluate(self.keras_dataset, verbose=0, return_dict=True))
     if self._predictors is None:  # traced once, reused every epoch
       networks = getattr(self.model, "networks", {"": self.model})
       self._predictors = {name: predictor_lib.KerasPredictor(net, self.codec)

@@ -27,6 +27,7 @@ import math
 from absl import flags
 
 from aop_tf import codec as codec_lib
+from aop_tf import distribute as distribute_lib
 from aop_tf import losses
 from aop_tf import model as model_lib
 from aop_tf import optim as optim_lib
@@ -258,6 +259,8 @@ class OptimSpec(_Section):
     epochs: Total epochs.
     steps_per_epoch: Steps per epoch; 0: one pass over the training split (other values for smoke
       tests only: resume is exact with full epochs).
+    lr_scaling: How the learning rate follows the global batch of several replicas (batch_size x
+      replicas): linear (x replicas, Goyal et al. 2017; keep a warm-up), sqrt, or none.
   """
   optimizer: str = knob("adam", choices=optim_lib.OPTIMIZERS)
   learning_rate: float = knob(1e-4, check="positive", resumable=True)
@@ -269,6 +272,7 @@ class OptimSpec(_Section):
   clip_norm: float = knob(0.0, check="non_negative")
   epochs: int = knob(150, check="positive", resumable=True)
   steps_per_epoch: int = knob(0, check="non_negative")
+  lr_scaling: str = knob("linear", choices=distribute_lib.LR_SCALINGS, resumable=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,6 +330,8 @@ class RunOptions(_Section):
       together) is spent; 0: no limit.
     verbose: Keras verbosity: 1 progress bar, 2 one line per epoch, -1 bar on a terminal, lines
       otherwise.
+    distribute: none (one device), mirrored (all local GPUs, else all logical CPUs) or
+      multi_worker (the hosts of TF_CONFIG); batch_size is per replica (`aop_tf.distribute`).
   """
   model_dir: str = knob("", resumable=True)
   resume: bool = knob(True, resumable=True)
@@ -336,6 +342,7 @@ class RunOptions(_Section):
   jit_compile: bool = knob(False, resumable=True)
   max_train_minutes: float = knob(0.0, check="non_negative", resumable=True)
   verbose: int = knob(-1, choices=(-1, 0, 1, 2), resumable=True)
+  distribute: str = knob("none", choices=distribute_lib.STRATEGIES, resumable=True)
 
 
 SECTIONS = {"model": ModelSpec, "codec": CodecSpec, "loss": LossSpec, "data": DataSpec,
@@ -365,6 +372,10 @@ class RunSpec:
     if softmax and self.codec.heatmap_scale != 1.0:
       raise ConfigError(f"--heatmap_scale={self.codec.heatmap_scale:g}: --loss={self.loss.loss} "
                         "normalises its targets and its head peaks at about 1; use 1.")
+    if self.run.distribute != "none" and self.semi.unlabeled_split:
+      raise ConfigError(f"--distribute={self.run.distribute} with --unlabeled_split is not "
+                        "supported yet (see aop_tf/distribute.py); train the mean teacher with "
+                        "--distribute=none.")
     if self.codec.fh1_method == "tangent" and self.model.seg_classes <= 2:
       raise ConfigError("--fh1_method=tangent needs a segmentation head with the fetal-head class "
                         f"(--seg_classes=3); got --seg_classes={self.model.seg_classes}.")
@@ -392,6 +403,7 @@ class RunSpec:
     """`model.build_unet` keyword arguments. A softmax loss gets the spatial-softmax head, scaled
     by 2 pi sigma^2 so that a target-shaped output peaks at about 1 (confidence 1)."""
     kwargs = dataclasses.asdict(self.model)
+    kwargs["sync_batch_norm"] = self.run.distribute != "none"
     if self.loss.loss in losses.SOFTMAX_LOSSES:
       kwargs["heatmap_activation"] = "spatial_softmax"
       kwargs["softmax_peak_scale"] = 2.0 * math.pi * self.codec.sigma_cells ** 2

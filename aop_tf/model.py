@@ -18,12 +18,12 @@ PAPER = dict(input_size=512, input_channels=3, base_filters=64, depth=4, heatmap
              decode_to_full=True)
 
 
-def _conv_block(x, filters, norm, name, dtype=None):
+def _conv_block(x, filters, norm, name, dtype=None, sync=False):
   for i in (1, 2):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none",
                       kernel_initializer="he_normal", name=f"{name}_conv{i}", dtype=dtype)(x)
     if norm == "batch":
-      x = layers.BatchNormalization(name=f"{name}_bn{i}", dtype=dtype)(x)
+      x = layers.BatchNormalization(synchronized=sync, name=f"{name}_bn{i}", dtype=dtype)(x)
     elif norm == "group":
       x = layers.GroupNormalization(groups=min(8, filters), name=f"{name}_gn{i}", dtype=dtype)(x)
     x = layers.ReLU(name=f"{name}_relu{i}", dtype=dtype)(x)
@@ -50,7 +50,8 @@ NORMS = ("batch", "group", "none")
 
 def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
                decode_to_full=False, norm="batch", seg_classes=0, heatmap_activation="linear",
-               softmax_peak_scale=1.0, mixed_precision=False, name="aop_unet"):
+               softmax_peak_scale=1.0, mixed_precision=False, sync_batch_norm=False,
+               name="aop_unet"):
   """Builds the U-Net.
 
   Args:
@@ -72,6 +73,8 @@ def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatm
     mixed_precision: True computes the encoder and decoder in bfloat16 (variables stay float32;
       cpu.cfg epochs 1.34x faster on this AVX512-BF16 CPU); the heads always compute in float32.
       `float32_copy` turns such a model into a float32 one for evaluation and export.
+    sync_batch_norm: batch norm computes its training statistics over all replicas of a
+      `tf.distribute` strategy (the global batch), as one device would; no effect outside one.
     name: model name.
 
   Returns:
@@ -93,16 +96,16 @@ def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatm
   x = layers.Rescaling(1.0 / 255.0, name="rescale", dtype=body)(inputs)
   skips = []
   for i in range(depth):
-    x = _conv_block(x, base_filters * 2 ** i, norm, f"enc{i + 1}", body)
+    x = _conv_block(x, base_filters * 2 ** i, norm, f"enc{i + 1}", body, sync_batch_norm)
     skips.append(x)
     x = layers.MaxPooling2D(2, name=f"pool{i + 1}", dtype=body)(x)
-  x = _conv_block(x, base_filters * 2 ** depth, norm, "bottleneck", body)
+  x = _conv_block(x, base_filters * 2 ** depth, norm, "bottleneck", body, sync_batch_norm)
   for j in range(n_up):
     level = depth - 1 - j
     filters = base_filters * 2 ** level
     x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{j + 1}", dtype=body)(x)
     x = layers.Concatenate(name=f"skip{j + 1}", dtype=body)([x, skips[level]])
-    x = _conv_block(x, filters, norm, f"dec{j + 1}", body)
+    x = _conv_block(x, filters, norm, f"dec{j + 1}", body, sync_batch_norm)
 
   def head(features, channels, head_name):
     y = layers.Conv2D(channels, 1, name=f"{head_name}_logits", dtype=out)(features)

@@ -282,8 +282,9 @@ def restore(model, model_dir, steps_per_epoch, state):
       "steps_per_epoch")) != (epoch + 1, batches, steps_per_epoch):
     raise config_lib.ConfigError(
         f"{path} stopped after {iterations} steps, not a whole number of epochs of "
-        f"{steps_per_epoch} steps nor the mid-epoch stop state.json records; --batch_size or "
-        "--steps_per_epoch changed? Use the original flags or a new --model_dir.")
+        f"{steps_per_epoch} steps nor the mid-epoch stop state.json records; --batch_size, "
+        "--steps_per_epoch or the number of replicas changed? Use the original flags and devices "
+        "or a new --model_dir.")
   if not batches:
     state.pop("partial", None)  # a kill between state.json and latest.keras of a mid-epoch save
   if epoch != state.get("epoch", epoch):

@@ -17,6 +17,7 @@ Library use: `train(config.RunSpec().replace(data_dir=..., model_dir=..., epochs
 """
 
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from aop_tf import callbacks as callbacks_lib  # noqa: E402
 from aop_tf import cli  # noqa: E402
 from aop_tf import config as config_lib  # noqa: E402
 from aop_tf import data  # noqa: E402
+from aop_tf import distribute  # noqa: E402
 from aop_tf import model_dir as model_dir_lib  # noqa: E402
 from aop_tf import optim  # noqa: E402
 from aop_tf import task  # noqa: E402
@@ -66,8 +68,11 @@ class TrainResult:
 
 @dataclasses.dataclass
 class _Run:
-  """What `train` works with once the spec and the directory are checked."""
+  """What `train` works with once the spec and the directory are checked. `spec` is the run's
+  (config.json); `batched` is how its replicas run it together (global batches, scaled rate)."""
   spec: config_lib.RunSpec
+  batched: config_lib.RunSpec
+  strategy: tf.distribute.Strategy
   data_dir: str
   steps_per_epoch: int
   state: dict
@@ -91,7 +96,7 @@ def _split_size(data_dir, split, flag, hint=""):
     raise ConfigError(f"--{flag}={split!r} in {data_dir}: {e}{hint}") from None
 
 
-def _open(spec, data_dir):
+def _open(spec, data_dir, strategy):
   """Checks the data and the training directory; reads the state of a resumed run."""
   model_dir = spec.run.model_dir
   resuming = os.path.exists(model_dir_lib.checkpoint_path(model_dir, "latest"))
@@ -111,12 +116,15 @@ def _open(spec, data_dir):
     data.check_square(data_dir, spec.data.train_split, "--aop_loss_weight")
   # Training epochs are whole batches only (data.make_dataset drops the remainder of each epoch so
   # that batches never straddle two epochs and resumption is exact).
-  full_steps = n_train // spec.data.batch_size
+  batched = distribute.scaled_spec(spec, strategy.num_replicas_in_sync)
+  full_steps = n_train // batched.data.batch_size
   if full_steps < 1:
     raise ConfigError(f"--train_split={spec.data.train_split!r} of {data_dir} has {n_train} "
-                      f"examples, fewer than one batch; lower --batch_size={spec.data.batch_size}.")
+                      f"examples, fewer than one batch of {batched.data.batch_size}; lower "
+                      f"--batch_size={spec.data.batch_size} (per replica).")
   state = model_dir_lib.read_state(model_dir) if resuming else {}
-  return _Run(spec, data_dir, spec.optim.steps_per_epoch or full_steps, state, resuming)
+  return _Run(spec, batched, strategy, data_dir, spec.optim.steps_per_epoch or full_steps, state,
+              resuming)
 
 
 def _tb_batch(data_dir, spec):
@@ -133,28 +141,30 @@ def _tb_batch(data_dir, spec):
 
 def _callbacks(run, status, extra_callbacks):
   """The callbacks of one run, in the order `callbacks.ORDER` requires (checked)."""
-  spec, model_dir = run.spec, run.spec.run.model_dir
+  spec, batched, model_dir = run.spec, run.batched, run.spec.run.model_dir
   codec = spec.heatmap_codec()
   val_ds = val_keras = None
   if spec.data.val_split:
-    val_ds = data.make_dataset(run.data_dir, spec.data.val_split, spec, training=False)
+    val_ds = data.make_dataset(run.data_dir, spec.data.val_split, batched, training=False)
     val_keras = val_ds.map(data.to_keras)
+  evaluate = distribute.evaluate if distribute.is_multi_worker(run.strategy) else None
   return callbacks_lib.check_order([
       *extra_callbacks,
-      callbacks_lib.LearningRateUpdater(run.steps_per_epoch, **optim.schedule_of(spec.optim)),
+      callbacks_lib.LearningRateUpdater(run.steps_per_epoch, **optim.schedule_of(batched.optim)),
       callbacks_lib.StopGuard(status),
       callbacks_lib.Validation(status, val_ds, val_keras, codec, spec.run.val_every,
-                               spec.optim.epochs),
+                               spec.optim.epochs, evaluate),
       callbacks_lib.TensorBoardLogger(status, os.path.join(model_dir, "logs"),
                                       _tb_batch(run.data_dir, spec), codec,
-                                      run.steps_per_epoch * spec.data.batch_size),
+                                      run.steps_per_epoch * batched.data.batch_size),
       callbacks_lib.Checkpointer(status, model_dir, spec.run.checkpoint_every, run.state),
   ])
 
 
 def _fit(run, model, initial_epoch, done_batches, extra_callbacks):
-  """Runs Keras `fit` from where the run stands; returns the `callbacks.RunStatus`."""
-  spec, steps = run.spec, run.steps_per_epoch
+  """Runs Keras `fit` (`distribute.fit` on several workers) from where the run stands; returns
+  the `callbacks.RunStatus`."""
+  spec, steps = run.batched, run.steps_per_epoch
   partial = run.state.get("partial") or {}
   status = callbacks_lib.RunStatus(steps, initial_epoch,
                                    budget_s=60.0 * spec.run.max_train_minutes,
@@ -176,16 +186,18 @@ def _fit(run, model, initial_epoch, done_batches, extra_callbacks):
           lambda labeled, images: {"labeled": labeled, "unlabeled": images})
     return ds.prefetch(tf.data.AUTOTUNE)
 
-  fit = dict(callbacks=callbacks, verbose=verbose, shuffle=False)
+  fit = (functools.partial(distribute.fit, model) if distribute.is_multi_worker(run.strategy)
+         else model.fit)
+  kwargs = dict(callbacks=callbacks, verbose=verbose, shuffle=False)
   with guard.signals_handled():
     if done_batches:  # the rest of the epoch a stop signal interrupted, as its own fit call
-      model.fit(batches(initial_epoch, done_batches, steps - done_batches),
-                epochs=initial_epoch + 1, initial_epoch=initial_epoch,
-                steps_per_epoch=steps - done_batches, **fit)
+      fit(batches(initial_epoch, done_batches, steps - done_batches),
+          epochs=initial_epoch + 1, initial_epoch=initial_epoch,
+          steps_per_epoch=steps - done_batches, **kwargs)
       initial_epoch += 1
     if status.stop_reason is None and initial_epoch < spec.optim.epochs:
-      model.fit(batches(initial_epoch), epochs=spec.optim.epochs, initial_epoch=initial_epoch,
-                steps_per_epoch=steps, **fit)
+      fit(batches(initial_epoch), epochs=spec.optim.epochs, initial_epoch=initial_epoch,
+          steps_per_epoch=steps, **kwargs)
   return status
 
 
@@ -203,6 +215,7 @@ def train(spec, extra_callbacks=()):
     ConfigError: bad knob values, missing data, or a model dir that cannot be resumed.
     TrainingDiverged: the loss became NaN/inf (`latest.keras` keeps the last good epoch).
   """
+  strategy = distribute.make_strategy(spec.run.distribute)  # before any other TF work
   if not spec.data.data_dir:
     raise ConfigError("--data_dir is required (a dataset written by `python -m data_prep.build`).")
   data_dir = _resolve_data_dir(spec.data.data_dir)
@@ -212,19 +225,24 @@ def train(spec, extra_callbacks=()):
   if os.path.exists(model_dir) and not os.path.isdir(model_dir):
     raise ConfigError(f"--model_dir {model_dir} is a file; pass a folder (created if missing) "
                       "for the training directory.")
-  with model_dir_lib.locked(model_dir):
-    return _train_locked(spec, data_dir, extra_callbacks)
+  if distribute.is_chief(strategy):
+    with model_dir_lib.locked(model_dir):
+      return _train_locked(spec, data_dir, strategy, extra_callbacks)
+  with distribute.worker_dir(model_dir) as private:  # another worker: writes a private copy
+    result = _train_locked(spec.replace(model_dir=private), data_dir, strategy, extra_callbacks)
+  return dataclasses.replace(result, model_dir=model_dir)
 
 
-def _train_locked(spec, data_dir, extra_callbacks):
+def _train_locked(spec, data_dir, strategy, extra_callbacks):
   """`train` while holding the training directory."""
-  run = _open(spec, data_dir)
+  run = _open(spec, data_dir, strategy)
   model_dir = spec.run.model_dir
   keras.utils.set_random_seed(spec.run.seed)
-  model = task.build_compiled_model(spec, run.steps_per_epoch)
-  initial_epoch, done_batches = (
-      model_dir_lib.restore(model, model_dir, run.steps_per_epoch, run.state) if run.resuming
-      else (0, 0))
+  with strategy.scope():
+    model = task.build_compiled_model(run.batched, run.steps_per_epoch)
+    initial_epoch, done_batches = (
+        model_dir_lib.restore(model, model_dir, run.steps_per_epoch, run.state) if run.resuming
+        else (0, 0))
   os.makedirs(model_dir, exist_ok=True)
   for path in model_dir_lib.remove_stale_temp_files(model_dir):  # left by a killed run
     print(f"Removed {path}, a partial file of an interrupted run.")

@@ -15,7 +15,7 @@ from aop_tf import model_dir as model_dir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "aop_tf", "configs")
-FLAGFILES = ("paper", "cpu", "smoke", "baseline_cpu")
+FLAGFILES = ("paper", "cpu", "smoke", "baseline_cpu", "gpu")
 # A config.json written by the code before the run spec (this repository at 982236b), verbatim.
 FORMAT1 = os.path.join(REPO, "tests", "data", "config_format1.json")
 
@@ -72,7 +72,7 @@ def test_flagfiles_name_every_knob():
 def test_paper_flagfile_is_the_paper_recipe():
   spec = _parse(_flagfile("paper"))
   assert spec.model_kwargs() == dict(model_lib.PAPER, norm="batch", seg_classes=0,
-                                     mixed_precision=False)
+                                     mixed_precision=False, sync_batch_norm=False)
   assert (spec.codec.sigma_cells, spec.loss.loss, spec.codec.heatmap_scale) == (2.0, "mse", 1.0)
   optim = spec.optim
   assert (optim.optimizer, optim.learning_rate, optim.weight_decay) == ("adam", 1e-4, 1e-4)
@@ -85,9 +85,11 @@ def test_cpu_flagfiles():
   base, cpu, paper = (_parse(_flagfile(n)) for n in ("baseline_cpu", "cpu", "paper"))
   cpu_model = dict(input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
                    decode_to_full=False, norm="batch")
-  assert base.model_kwargs() == dict(cpu_model, seg_classes=0, mixed_precision=False)
+  assert base.model_kwargs() == dict(cpu_model, seg_classes=0, mixed_precision=False,
+                                     sync_batch_norm=False)
   assert cpu.model_kwargs() == dict(
-      cpu_model, seg_classes=3, mixed_precision=True, heatmap_activation="spatial_softmax",
+      cpu_model, seg_classes=3, mixed_precision=True, sync_batch_norm=False,
+      heatmap_activation="spatial_softmax",
       softmax_peak_scale=pytest.approx(2 * math.pi * cpu.codec.sigma_cells ** 2))
   assert base.run.max_train_minutes == cpu.run.max_train_minutes == 60
   assert (base.codec, base.loss, base.optim.learning_rate, base.data.batch_size) == (
@@ -95,6 +97,19 @@ def test_cpu_flagfiles():
   assert cpu.data.augment and cpu.codec.decode_method == "dark"
   assert cpu.augment.scale_range == (0.75, 1.3) and cpu.augment.erase_prob == 0.5
   assert cpu.optim.weight_decay == 0.05 and cpu.optim.epochs == 44
+
+
+def test_gpu_flagfile_is_the_cpu_recipe_at_the_paper_scale():
+  cpu, gpu = _parse(_flagfile("cpu")), _parse(_flagfile("gpu"))
+  model = gpu.model_kwargs()
+  assert (model["input_size"], model["base_filters"], model["depth"], model["heatmap_size"]) == (
+      512, 64, 4, 128)
+  assert model["sync_batch_norm"] and model["mixed_precision"] and gpu.run.jit_compile
+  assert gpu.run.distribute == "mirrored" and gpu.optim.lr_scaling == "sqrt"
+  assert not gpu.data.cache and gpu.data.shuffle_buffer > 0  # streams 31k images
+  # The same Gaussian relative to the image, and the same loss, heads and augmentation.
+  assert gpu.codec.sigma_cells / gpu.model.heatmap_size == cpu.codec.sigma_cells / 64
+  assert (gpu.loss, gpu.augment) == (cpu.loss, cpu.augment)
 
 
 def test_command_line_overrides_flagfile_wherever_it_stands():
@@ -151,7 +166,7 @@ def test_a_config_json_from_before_the_run_spec_still_loads():
   with open(FORMAT1) as f:
     old = json.load(f)
   spec = config.from_json(old, FORMAT1)
-  assert spec.model_kwargs() == dict(old["model"])
+  assert spec.model_kwargs() == dict(old["model"], sync_batch_norm=False)
   assert spec.heatmap_codec().fh1_method == old["decode"]["fh1_method"] == "tangent"
   assert spec.heatmap_codec().blur_sigma_cells == old["decode"]["blur_sigma_cells"]
   assert spec.augment.erase_prob == old["flags"]["augment_config"]["erase_prob"]
