@@ -177,8 +177,10 @@ class DataSpec(_Section):
       dataset_info.json, or one above it).
     train_split: Training split.
     val_split: Validation split; empty: no validation.
-    cache: Cache decoded, resized examples in memory.
-    shuffle_buffer: 0: shuffle the whole split each epoch; n: shuffle within blocks of n examples.
+    cache: Cache decoded, resized examples in memory (4 x input_size^2 x channels bytes each);
+      --nocache streams the shards every epoch, for splits larger than memory (31k images at 512).
+    shuffle_buffer: 0: shuffle the whole split each epoch (held in memory); n: shuffle within
+      blocks of n examples (what a streamed split needs).
     batch_size: Examples per training step.
     augment: Augment training images (knobs: --aug_*).
   """

@@ -29,6 +29,7 @@ import numpy as np
 
 from aop_tf import geometry
 from aop_tf.io import images
+from aop_tf.io import parallel
 from aop_tf.io.records import SPLITS, UNLABELED, InputError
 from data_prep import phantom, tfds_builder, unlabeled
 
@@ -92,7 +93,7 @@ class _Tally:
 
 
 def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, phantom_size,
-                 phantom_seed, csv_encoding="auto", unlabeled_dir=None):
+                 phantom_seed, csv_encoding="auto", unlabeled_dir=None, workers=1):
   """-> ({split: (total rows, iterator of Record | InputError)}, description)."""
   seen = {}  # filename -> split, shared so that a file is used by one split only
   if source == "images":
@@ -100,17 +101,18 @@ def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, p
   else:
     splits, description = _open_labeled(source, data_dir, csv, image_dir, split_spec,
                                         phantom_counts, phantom_size, phantom_seed, csv_encoding,
-                                        seen)
+                                        seen, workers)
   extra = data_dir if source == "images" else unlabeled_dir
   if extra:
     root, paths = unlabeled.find_images(extra)
-    splits[UNLABELED] = (len(paths), unlabeled.iter_records(paths, root, seen, UNLABELED))
+    splits[UNLABELED] = (len(paths), unlabeled.iter_records(paths, root, seen, UNLABELED,
+                                                            workers))
     description += f" Unlabeled images from {extra}."
   return splits, description.strip()
 
 
 def _open_labeled(source, data_dir, csv, image_dir, split_spec, phantom_counts, phantom_size,
-                  phantom_seed, csv_encoding, seen):
+                  phantom_seed, csv_encoding, seen, workers):
   """`_open_source` of the labeled sources."""
   if source == "phantom":
     counts = dict(DEFAULT_PHANTOM_COUNTS if phantom_counts is None else phantom_counts)
@@ -134,17 +136,28 @@ def _open_labeled(source, data_dir, csv, image_dir, split_spec, phantom_counts, 
     splits = {}
     for split, path in csv_paths.items():
       rows = labels.read_rows(path, csv_encoding)
-      splits[split] = (len(rows), labels.iter_records(rows, folder, seen, split))
+      splits[split] = (len(rows), labels.iter_records(rows, folder, seen, split, workers))
     return splits, f"IUGC-format CSVs {sorted(csv_paths.values())}, images in {folder}."
 
   if source == "masks":
     from data_prep import masks  # pylint: disable=import-outside-toplevel
     names = masks.split_filenames(data_dir, parse_split_map(csv), split_spec, csv_encoding)
-    splits = {split: (len(files), masks.iter_records(data_dir, files, seen, split))
+    splits = {split: (len(files), masks.iter_records(data_dir, files, seen, split, workers))
               for split, files in names.items() if files}
     return splits, (f"PSFHS-style masks in {data_dir}; landmarks from the masks by the IUGC rule "
                     "(data_prep.masks.landmarks_from_mask).")
   raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
+
+
+def _clear_target(out_dir, overwrite):
+  """The dataset folder under `out_dir`, removed if it exists and `overwrite` (else an error)."""
+  target = tfds_builder.dataset_dir(out_dir)
+  if os.path.exists(target):
+    if not overwrite:
+      raise FileExistsError(f"{target} already exists; pass --overwrite (overwrite=True) to "
+                            "rebuild it or choose another --out_dir")
+    shutil.rmtree(target)
+  return target
 
 
 def _log(verbose, message):
@@ -155,7 +168,7 @@ def _log(verbose, message):
 def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=None,
                   split_spec=None, phantom_counts=None, phantom_size=256, phantom_seed=0,
                   limit=None, strict=False, overwrite=False, verbose=True, csv_encoding="auto",
-                  unlabeled_dir=None, labeled_list=None):
+                  unlabeled_dir=None, labeled_list=None, workers=None, num_shards=None):
   """Reads one source, validates every input and writes the TFDS dataset.
 
   Args:
@@ -180,6 +193,10 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
       `unlabeled` split (source "images": `data_dir` itself).
     labeled_list: a file of train file names (one per line) to keep labeled; the other train
       examples go to the `unlabeled` split without landmarks or masks (scarce labels, simulated).
+    workers: threads decoding and encoding images (default: the cores this process may use; 1:
+      all in this thread). The output does not depend on it.
+    num_shards: TFRecord files per split (default: TFDS's choice, files of 64 MiB to 1 GiB, so a
+      large split is read in parallel; every split needs at least this many examples).
 
   Returns:
     The dataset directory (str) holding `dataset_info.json`, for `tfds.builder_from_directory`.
@@ -195,17 +212,13 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
       raise FileNotFoundError(
           f"data folder {data_dir} does not exist; pass --data_dir (or set ${PSFHS_ENV})")
   out_dir = os.path.abspath(out_dir or default_out_dir(source))
-  target = tfds_builder.dataset_dir(out_dir)
-  if os.path.exists(target):
-    if not overwrite:
-      raise FileExistsError(f"{target} already exists; pass --overwrite (overwrite=True) to "
-                            "rebuild it or choose another --out_dir")
-    shutil.rmtree(target)
+  target = _clear_target(out_dir, overwrite)
 
   keep = unlabeled.read_list(labeled_list) if labeled_list else None
+  workers = parallel.default_workers() if workers is None else max(1, int(workers))
   splits, description = _open_source(source, data_dir, csv, image_dir, split_spec,
                                      phantom_counts, phantom_size, phantom_seed, csv_encoding,
-                                     unlabeled_dir)
+                                     unlabeled_dir, workers)
   tally = _Tally()
   examples_by_split = {}
   for split, (total, items) in splits.items():
@@ -215,7 +228,8 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
       items = itertools.islice(items, int(split_limit))
     if total == 0 and source == "csv":
       tally.messages.append((split, "its CSV has only a header line, no rows"))
-    records = _read_split(f"{source}/{split}", split, items, total, tally, strict, verbose)
+    records = _read_split(f"{source}/{split}", split, items, total, tally, strict, verbose,
+                          workers)
     if split == "train" and keep is not None:
       records = _split_off_unlabeled(records, keep, examples_by_split, tally, labeled_list)
     if not records:
@@ -235,7 +249,7 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
       "skipped_inputs": [{"split": s, "message": m} for s, m in tally.messages],
   }
   _log(verbose, f"[{source}] writing TFRecord shards to {target}")
-  _write(out_dir, examples_by_split, description, summary, data_dir)
+  _write(out_dir, examples_by_split, description, summary, data_dir, num_shards)
   if verbose:
     _print_summary(source, summary, tally, time.time() - start, target)
   return target
@@ -259,23 +273,29 @@ def _split_off_unlabeled(records, keep, examples_by_split, tally, list_path):
   return labeled
 
 
-def _read_split(name, split, items, total, tally, strict, verbose):
-  """The examples (`tfds_builder.encode_record` dicts with `aop_deg`) of one split's inputs;
-  refused inputs are counted in `tally` (or raised when `strict`)."""
+def _encoded(item):
+  """`(item, its tfds_builder.encode_record dict)`; PNG-encoded as read, so raw pixels are not held
+  for a whole split (None for a refused input)."""
+  return item, None if isinstance(item, InputError) else tfds_builder.encode_record(item, np.nan)
+
+
+def _read_split(name, split, items, total, tally, strict, verbose, workers=1):
+  """The examples (`tfds_builder.encode_record` dicts with `aop_deg`) of one split's inputs,
+  encoded on `workers` threads; refused inputs are counted in `tally` (or raised when
+  `strict`)."""
   records, unlabeled_examples = [], []
   every = max(10, total // 10)
   split_start = time.time()
-  for item in items:
+  for item, example in parallel.ordered_map(_encoded, items, workers):
     tally.read[split] += 1
     if isinstance(item, InputError):
       if strict:
         raise item
       tally.skip(split, item)
     elif item.landmarks is None:  # an unlabeled image: nothing to check beyond decoding
-      unlabeled_examples.append(tfds_builder.encode_record(item, np.nan))
-    else:  # encoded now (PNG bytes) so raw pixels are not held for a whole split
-      records.append((item.where or item.filename, item.landmarks,
-                      tfds_builder.encode_record(item, np.nan)))
+      unlabeled_examples.append(example)
+    else:
+      records.append((item.where or item.filename, item.landmarks, example))
     if tally.read[split] % every == 0 or tally.read[split] == total:
       _log(verbose, f"[{name}] {tally.read[split]}/{total} rows read, "
            f"{len(records) + len(unlabeled_examples)} ok, "
@@ -298,7 +318,7 @@ def _read_split(name, split, items, total, tally, strict, verbose):
   return kept
 
 
-def _write(out_dir, examples_by_split, description, summary, data_dir):
+def _write(out_dir, examples_by_split, description, summary, data_dir, num_shards=None):
   """Writes the TFRecord shards and metadata with `tfds_builder.AopLandmarks`."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   builder = tfds_builder.AopLandmarks(
@@ -312,7 +332,8 @@ def _write(out_dir, examples_by_split, description, summary, data_dir):
     with tempfile.TemporaryDirectory(prefix="aop_tfds_dl_") as download_dir:
       builder.download_and_prepare(
           download_dir=download_dir,
-          download_config=tfds.download.DownloadConfig(manual_dir=data_dir or download_dir))
+          download_config=tfds.download.DownloadConfig(manual_dir=data_dir or download_dir,
+                                                       num_shards=num_shards))
   finally:
     tfds.display_progress_bar(bars)
 
@@ -342,7 +363,8 @@ def main(argv):
       f.source, data_dir=f.data_dir, out_dir=f.out_dir, csv=f.csv, image_dir=f.image_dir,
       split_spec=f.split_spec, phantom_counts=counts, phantom_size=f.phantom_size,
       phantom_seed=f.phantom_seed, limit=f.limit, strict=f.strict, overwrite=f.overwrite,
-      csv_encoding=f.csv_encoding, unlabeled_dir=f.unlabeled_dir, labeled_list=f.labeled_list)
+      csv_encoding=f.csv_encoding, unlabeled_dir=f.unlabeled_dir, labeled_list=f.labeled_list,
+      workers=f.workers, num_shards=f.num_shards)
   return 0
 
 
@@ -371,6 +393,10 @@ def _define_flags():
   flags.DEFINE_string("labeled_list", None, "File of train file names (one per line) that keep "
                       "their labels; the other train images go to the `unlabeled` split without "
                       "landmarks or masks (to simulate scarce labels).")
+  flags.DEFINE_integer("workers", None, "Threads decoding and encoding images (default: the "
+                       "cores this process may use; 1: serial). The dataset does not depend on it.")
+  flags.DEFINE_integer("num_shards", None, "TFRecord files per split (default: TFDS's choice, "
+                       "64 MiB to 1 GiB each).")
   flags.DEFINE_string("csv_encoding", "auto", "Encoding of the CSVs: auto (UTF-8, or UTF-16/32 "
                       "by byte-order mark) or a Python codec name, e.g. cp1252.")
 

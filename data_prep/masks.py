@@ -178,7 +178,7 @@ def _record(row, data_dir):
                 path=image_path)
 
 
-def iter_records(data_dir, rows, seen, split):
+def iter_records(data_dir, rows, seen, split, workers=1):
   """Yields one `Record` (with mask) or `InputError` per file name, in order.
 
   Args:
@@ -187,5 +187,6 @@ def iter_records(data_dir, rows, seen, split):
     seen: {filename: "split (...)"} of accepted files, shared across splits;
       duplicates are refused.
     split: the split name, for messages.
+    workers: threads reading images and masks.
   """
-  return labels.unique_records(rows, seen, split, lambda row: _record(row, data_dir))
+  return labels.unique_records(rows, seen, split, lambda row: _record(row, data_dir), workers)

@@ -13,6 +13,7 @@ import numpy as np
 
 from aop_tf.io import images
 from aop_tf.io import labels
+from aop_tf.io import parallel
 from aop_tf.io.records import InputError, Record
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
@@ -40,7 +41,7 @@ def find_images(spec):
   return root, sorted(paths)
 
 
-def iter_records(paths, root, seen, split):
+def iter_records(paths, root, seen, split, workers=1):
   """Yields one unlabeled `Record` or `InputError` per path, in order.
 
   Args:
@@ -48,22 +49,28 @@ def iter_records(paths, root, seen, split):
     root: the folder file names are made relative to.
     seen: {filename: "split (...)"} of accepted files, shared across splits: duplicates refused.
     split: the split name, for messages.
+    workers: threads reading and decoding images (ahead of the duplicate rule, applied in order).
   """
-  for path in paths:
+  def read(path):
+    if not os.path.isfile(path):
+      return InputError(f"{path}: not a regular file; skipped", "not a regular file")
+    try:
+      return images.read_gray(path)
+    except images.ImageError as e:
+      return InputError(str(e), "unreadable image")
+
+  paths = list(paths)
+  for path, image in zip(paths, parallel.ordered_map(read, paths, workers)):
     relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root)).replace(os.sep, "/")
     if relative in seen:
       yield InputError(f"{path}: already used by {seen[relative]}; skipped", "duplicate filename")
       continue
-    if not os.path.isfile(path):
-      yield InputError(f"{path}: not a regular file; skipped", "not a regular file")
+    if isinstance(image, InputError):
+      yield image
       continue
+    record = Record(filename=relative, image=image, landmarks=None, where=path, path=path)
     try:
-      record = Record(filename=relative, image=images.read_gray(path), landmarks=None, where=path,
-                      path=path)
       labels.claim(seen, record, relative, f"{split} ({path})", path)
-    except images.ImageError as e:
-      yield InputError(str(e), "unreadable image")
-      continue
     except InputError as e:
       yield e
       continue

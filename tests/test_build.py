@@ -139,3 +139,33 @@ def test_psfhs_full_csv_and_masks_builds(tmp_path):
       np.testing.assert_array_equal(a[name]["landmarks"], b[name]["landmarks"])
       np.testing.assert_array_equal(a[name]["image"], b[name]["image"])
       assert a[name]["aop_deg"] == b[name]["aop_deg"]
+
+
+@needs_psfhs
+def test_the_dataset_does_not_depend_on_the_workers(tmp_path):
+  """Masks (landmarks from contours), an unlabeled folder with a duplicate and a broken file:
+  the same examples in the same order, and the same refusals, serially and on 3 threads."""
+  images_dir = os.path.join(build.default_psfhs_dir(), "images")
+  extra = tmp_path / "extra"
+  extra.mkdir()
+  last = sorted(os.listdir(images_dir))[-4:]  # not among the first rows of train and val
+  for name in last:
+    os.symlink(os.path.join(images_dir, name), extra / name)
+  os.symlink(os.path.join(images_dir, last[0]), extra / "same_file.png")  # a duplicate
+  (extra / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+  built = {}
+  for workers in (1, 3):
+    out = build.build_dataset("masks", out_dir=str(tmp_path / f"w{workers}"), limit=10,
+                              unlabeled_dir=str(extra), workers=workers, verbose=False)
+    with open(os.path.join(out, "metadata.json")) as f:
+      skipped = json.load(f)["skipped_inputs"]
+    built[workers] = ({split: _by_filename(out, split) for split in ("train", "val", "unlabeled")},
+                      skipped)
+  (serial, serial_skips), (threaded, threaded_skips) = built[1], built[3]
+  assert serial_skips == threaded_skips and len(serial_skips) == 2  # the duplicate, the broken
+  assert len(serial["unlabeled"]) == 4
+  for split, examples in serial.items():
+    assert list(examples) == list(threaded[split]), split
+    for name, ex in examples.items():
+      for key in ("image", "mask", "landmarks"):
+        np.testing.assert_array_equal(ex[key], threaded[split][name][key])

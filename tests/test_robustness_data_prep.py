@@ -299,17 +299,17 @@ def messy(tmp_path):
   _write(tmp_path / "outside.png", _png(gray))
   (folder / "train.csv").write_bytes(("\ufeffFilename,PS1,PS2,AOP Tangency,comment\n" + "".join([
       f"a.png,{GOOD},ok\n",
-      f'b.png,"(12, )","(50, 20)","(30, 30)",bad point\n',
+      'b.png,"(12, )","(50, 20)","(30, 30)",bad point\n',
       f"b.png,{GOOD},fixed on a later row\n",
       f"a.png,{GOOD},duplicate\n",
       f"../outside.png,{GOOD},escape\n",
       f"broken.png,{GOOD},truncated\n",
-      f'rgba.png,"(10, 5)","(10, 5)","(30, 30)",degenerate\n',
+      'rgba.png,"(10, 5)","(10, 5)","(30, 30)",degenerate\n',
       f"nothing.png,{GOOD},missing\n",
       f"rgba.png,{GOOD},ok\n",
   ])).encode("utf-8"))
   (folder / "val.csv").write_text("Filename,PS1,PS2,FH1\n" + "".join([
-      f"c.png,{GOOD}\n", f"a.png,{GOOD}\n", f'd.png,"(99, 5)","(50, 20)","(30, 30)"\n']))
+      f"c.png,{GOOD}\n", f"a.png,{GOOD}\n", 'd.png,"(99, 5)","(50, 20)","(30, 30)"\n']))
   return folder
 
 

@@ -16,7 +16,6 @@ that escape the image folder (`../`, absolute paths, symlinks resolving outside)
 import codecs
 import collections
 import csv
-import io
 import itertools
 import os
 import re
@@ -27,6 +26,7 @@ from aop_tf import LANDMARK_NAMES
 from aop_tf import geometry
 from aop_tf.io import files
 from aop_tf.io import images
+from aop_tf.io import parallel
 from aop_tf.io import points
 from aop_tf.io.records import SPLITS, InputError, Record
 
@@ -303,7 +303,7 @@ def _row_record(row, image_dir):
   return Record(filename=relative, image=image, landmarks=landmarks, where=where, path=path)
 
 
-def iter_records(rows, image_dir, seen, split):
+def iter_records(rows, image_dir, seen, split, workers=1):
   """Yields one `Record` or `InputError` per row, in CSV order.
 
   Args:
@@ -313,19 +313,30 @@ def iter_records(rows, image_dir, seen, split):
       splits of one build; a file already in it (same or earlier split) is refused as a
       duplicate.
     split: the split name, for the duplicate message.
+    workers: threads reading and decoding images.
   """
-  return unique_records(rows, seen, split, lambda row: _row_record(row, image_dir))
+  return unique_records(rows, seen, split, lambda row: _row_record(row, image_dir), workers)
 
 
-def unique_records(rows, seen, split, make_record):
+def unique_records(rows, seen, split, make_record, workers=1):
   """Yields `make_record(row)` or an `InputError` per row, refusing files already in `seen`.
 
   The one duplicate rule of every source: rows the CSV parser rejected and rows naming a file an
   earlier accepted row (of any split) named are refused, and so are rows reaching the same file
   under another name (a symlink or a hard link: `claim`); `make_record` may raise `InputError`.
-  Only accepted rows claim their file, so a later row may still fix a refused one.
+  Only accepted rows claim their file, so a later row may still fix a refused one. `make_record`
+  runs on `workers` threads ahead of the rules, which are applied in row order.
   """
-  for row in rows:
+  def attempt(row):
+    if row.error:
+      return None
+    try:
+      return make_record(row)
+    except InputError as e:
+      return e
+
+  rows = list(rows)
+  for row, made in zip(rows, parallel.ordered_map(attempt, rows, workers)):
     if row.error:
       yield InputError(row.error, "malformed CSV row")
       continue
@@ -336,13 +347,13 @@ def unique_records(rows, seen, split, make_record):
                        f"{seen[key]}; skipped", "duplicate filename")
       continue
     try:
-      record = make_record(row)
-      claim(seen, record, key, f"{split} ({os.path.basename(row.csv_path)} line {row.line})",
-            where)
+      if isinstance(made, InputError):
+        raise made
+      claim(seen, made, key, f"{split} ({os.path.basename(row.csv_path)} line {row.line})", where)
     except InputError as e:
       yield e
       continue
-    yield record
+    yield made
 
 
 def claim(seen, record, key, owner, where):
