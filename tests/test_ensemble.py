@@ -1,0 +1,59 @@
+"""aop_tf.ensemble: the average of runs is a training directory that evaluates, exports, predicts."""
+
+import os
+
+import numpy as np
+import pytest
+
+from aop_tf import config
+from aop_tf import ensemble
+from aop_tf import export
+from aop_tf import model_dir as model_dir_lib
+from aop_tf import predictor as predictor_lib
+import helpers
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+  root = tmp_path_factory.mktemp("members")
+  spec = helpers.tiny_spec(loss="softmax_ce", seg_classes=3)
+  folders = []
+  for seed in (1, 2, 3):
+    folder = str(root / f"run{seed}")
+    helpers.write_model_dir(folder, spec, seed=seed)
+    folders.append(folder)
+  return folders
+
+
+def test_the_ensemble_predicts_the_mean_of_its_members(members, tmp_path):
+  out = str(tmp_path / "ens")
+  spec = ensemble.build(members, out)
+  assert os.path.exists(os.path.join(out, ensemble.ENSEMBLE_FILE))
+  model, loaded = model_dir_lib.load_model(out)
+  assert loaded == spec and not loaded.model.mixed_precision
+  images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 1)).astype(np.float32)
+  got = model(images, training=False)
+  outs = [model_dir_lib.load_model(m)[0](images, training=False) for m in members]
+  for key in ("heatmaps", "segmentation"):
+    np.testing.assert_allclose(got[key], np.mean([o[key] for o in outs], axis=0), atol=1e-6)
+  # A predictor reads it like any run: landmarks decoded from the averaged heatmaps.
+  uint8 = [np.full((80, 96, 1), 100, np.uint8), np.full((80, 96, 1), 30, np.uint8)]
+  result = predictor_lib.load(out).predict(uint8)
+  assert result["landmarks"].shape == (2, 3, 2)
+
+
+def test_the_ensemble_exports_and_the_export_agrees(members, tmp_path):
+  out = str(tmp_path / "ens")
+  ensemble.build(members[:2], out)
+  info = export.export_model_dir(out, str(tmp_path / "export"))
+  assert info["verification"]["tflite"]["landmarks_px"] < 1.0
+
+
+def test_members_must_take_the_same_input(members, tmp_path):
+  other = str(tmp_path / "other")
+  helpers.write_model_dir(other, helpers.tiny_spec(input_size=32, loss="softmax_ce",
+                                                   seg_classes=3))
+  with pytest.raises(config.ConfigError, match="does not fit"):
+    ensemble.build([members[0], other], str(tmp_path / "ens"))
+  with pytest.raises(config.ConfigError, match="two or more"):
+    ensemble.build([members[0]], str(tmp_path / "ens"))
