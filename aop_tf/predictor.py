@@ -33,6 +33,7 @@ from aop_tf import config as config_lib
 from aop_tf import data
 from aop_tf import model_dir as model_dir_lib
 from aop_tf import serving
+from aop_tf import zoo
 
 OUTPUT_KEYS = serving.OUTPUT_KEYS
 # The ops of the graphs aop_tf exports (every model variant: batch or group norm, softmax head,
@@ -387,7 +388,7 @@ def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
 
   Args:
     path: a training directory (config.json + *.keras), an export folder (SavedModel preferred,
-      else its model.tflite) or a `.tflite` file.
+      else its model.tflite), a `.tflite` file, or the name of a shipped model (`aop_tf.zoo`).
     checkpoint: training directory: which `<checkpoint>.keras` (default: the first of
       `model_dir.CHECKPOINTS`).
     decode: optional {`decode_method`, `blur_sigma_cells`, `fh1_method`} overriding the model's
@@ -396,6 +397,7 @@ def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
     num_threads, num_interpreters: TFLite only, see `TFLitePredictor`.
   """
   decode = {k: v for k, v in (decode or {}).items() if v is not None}
+  path = zoo.resolve(path) or path  # a shipped model's name: its folder
   if os.path.isdir(path) and os.path.isfile(os.path.join(path, model_dir_lib.CONFIG_FILE)):
     name, _ = model_dir_lib.resolve_checkpoint(path, checkpoint)
     model, spec = model_dir_lib.load_model(path, name)
@@ -416,10 +418,11 @@ def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
   elif os.path.isdir(path) and os.path.isfile(os.path.join(path, TFLITE_FILE)):
     inner = TFLitePredictor(os.path.join(path, TFLITE_FILE), num_threads, num_interpreters)
   else:
+    shipped = ", ".join(zoo.names()) or "none installed"
     raise FileNotFoundError(f"--model={path} is neither a training directory (config.json), a "
-                            f"SavedModel folder ({SAVED_MODEL_FILE}) nor a .tflite file; train one "
-                            "with `python -m aop_tf.train` or export one with "
-                            "`python -m aop_tf.export`.")
+                            f"SavedModel folder ({SAVED_MODEL_FILE}), a .tflite file nor a shipped "
+                            f"model ({shipped}); train one with `python -m aop_tf.train` or export "
+                            "one with `python -m aop_tf.export`.")
   if not decode:
     return inner
   # An export that does not record its codec is re-decoded from the defaults.
