@@ -143,7 +143,9 @@ class HeatmapCodec:
     Returns:
       dict: `landmarks` float32 [B, 3, 2] original pixels; `aop_deg` float32 [B] (NaN where
       degenerate); `confidence` float32 [B, 3], heatmap peaks / `heatmap_scale`; `heatmaps`
-      float32 [B, R, R, 3] as the model gave them.
+      float32 [B, R, R, 3] as the model gave them; for an ensemble (`member_heatmaps`
+      [B, M, R, R, 3] in `outputs`) also `aop_spread_deg` float32 [B], the standard deviation of
+      the AoPs its members decode to (FH1 by heatmap).
     """
     maps = tf.cast(heatmaps_of(outputs), tf.float32)
     points_cells, peak = heatmap.decode_heatmaps(maps, self.decode_method, self.blur_sigma_cells)
@@ -151,8 +153,21 @@ class HeatmapCodec:
     landmarks = self.to_pixels(points_cells, size[:, None, :])
     if self.fh1_method == "tangent":
       landmarks = self._tangent_fh1(outputs, landmarks, size)
-    return {"landmarks": landmarks, "aop_deg": geometry.aop_deg(landmarks),
-            "confidence": peak / self.heatmap_scale, "heatmaps": maps}
+    decoded = {"landmarks": landmarks, "aop_deg": geometry.aop_deg(landmarks),
+               "confidence": peak / self.heatmap_scale, "heatmaps": maps}
+    if isinstance(outputs, dict) and "member_heatmaps" in outputs:
+      decoded["aop_spread_deg"] = self._aop_spread(outputs["member_heatmaps"], size)
+    return decoded
+
+  def _aop_spread(self, member_heatmaps, size):
+    """Standard deviation over an ensemble's members of their decoded AoPs, [B]."""
+    members = tf.cast(member_heatmaps, tf.float32)  # [B, M, R, R, 3]
+    shape = tf.shape(members)
+    flat = tf.reshape(members, tf.concat([[-1], shape[2:]], axis=0))
+    points_cells, _ = heatmap.decode_heatmaps(flat, self.decode_method, self.blur_sigma_cells)
+    landmarks = self.to_pixels(points_cells, tf.repeat(size, shape[1], axis=0)[:, None, :])
+    aops = tf.reshape(geometry.aop_deg(landmarks), shape[:2])
+    return tf.math.reduce_std(aops, axis=1)
 
   def _tangent_fh1(self, outputs, landmarks, size):
     """`landmarks` with FH1 moved to the tangent point on the predicted head, where there is one."""

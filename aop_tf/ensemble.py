@@ -6,8 +6,10 @@ The result is a training directory like any other (`config.json`, `latest.keras`
 `ensemble.json` naming the members), so `evaluate`, `export` and `predict` take it as they take
 one run: one input feeds every member (in float32) and their heatmaps (and segmentation maps) are
 averaged before the one decoder (`codec.HeatmapCodec.decode`). Averaging spatial-softmax heatmaps
-averages the members' probability maps; DARK then finds the peak of the mixture. Members must take
-the same input and share the codec; `config.json` is the first member's, in float32.
+averages the members' probability maps; DARK then finds the peak of the mixture. The members' own
+heatmaps are an output too (`member_heatmaps` [B, M, R, R, 3]): the decoder turns them into the
+spread of the members' AoPs (`aop_spread_deg`), the ensemble's uncertainty. Members must take the
+same input and share the codec; `config.json` is the first member's, in float32.
 """
 
 import dataclasses
@@ -31,8 +33,12 @@ def average(models, name="ensemble"):
   outputs = [keras.Model(m.input, m.output, name=f"member{i}")(inputs)
              for i, m in enumerate(models)]
   keys = [key for key in outputs[0] if all(key in out for out in outputs)]
-  return keras.Model(inputs, {key: keras.layers.Average(name=key)([out[key] for out in outputs])
-                              for key in keys}, name=name)
+  merged = {key: keras.layers.Average(name=key)([out[key] for out in outputs]) for key in keys}
+  cells = tuple(outputs[0]["heatmaps"].shape[1:])
+  merged["member_heatmaps"] = keras.layers.Concatenate(axis=1, name="member_heatmaps")([
+      keras.layers.Reshape((1, *cells), name=f"member{i}_heatmaps")(out["heatmaps"])
+      for i, out in enumerate(outputs)])
+  return keras.Model(inputs, merged, name=name)
 
 
 def _check_alike(specs, member_dirs):

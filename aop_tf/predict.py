@@ -161,6 +161,8 @@ def _records(paths, images, sizes, out, min_confidence):
       row[f"{name}_x"] = float(landmarks[k, 0])
       row[f"{name}_y"] = float(landmarks[k, 1])
     row["aop_deg"] = aop
+    spread = out.get("aop_spread_deg")  # an ensemble's uncertainty; NaN for one model
+    row["aop_spread_deg"] = float(spread[i]) if spread is not None else math.nan
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"{name}_confidence"] = float(out["confidence"][i, k])
     degenerate = not math.isfinite(row["aop_deg"])
@@ -253,10 +255,10 @@ def _predict_batch(model, paths, images, failures):
 
 
 def write_csv(path, rows):
-  """One row per image: filename, PS1_x, PS1_y, ..., aop_deg, PS1_confidence, ...,
+  """One row per image: filename, PS1_x, PS1_y, ..., aop_deg, aop_spread_deg, PS1_confidence, ...,
   low_confidence, degenerate (1/0); coordinates in each image's pixels, 3 decimals; NaN as nan."""
   columns = (["filename"] + [f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y")] +
-             ["aop_deg"] + [f"{n}_confidence" for n in LANDMARK_NAMES] +
+             ["aop_deg", "aop_spread_deg"] + [f"{n}_confidence" for n in LANDMARK_NAMES] +
              ["low_confidence", "degenerate"])
   _ensure_parent(path)
   with open(path, "w", newline="") as f:
@@ -345,13 +347,16 @@ def overlay_writer(overlay_dir, common_root=None):
     return os.path.join(overlay_dir, stem + ".png")
 
   def on_batch(paths, images, out):
+    spreads = out.get("aop_spread_deg", [math.nan] * len(paths))
     for i, (path, image) in enumerate(zip(paths, images)):
       height, width = image.shape[:2]
       # Upscale small images to 512 px, but keep the canvas of a thin strip (e.g. 1x10000) small.
       min_size = int(max(1, min(512, 4096 * min(height, width) / max(height, width))))
       try:
         rgb = visualize.overlay(image, pred=out["landmarks"][i],
-                                aop_pred=float(out["aop_deg"][i]), title=os.path.basename(path),
+                                aop_pred=float(out["aop_deg"][i]),
+                                aop_pred_spread=float(spreads[i]),
+                                title=os.path.basename(path),
                                 min_size=min_size)
         visualize.save_png(name_for(path), rgb)
       except (ValueError, OSError, MemoryError, cv2.error) as e:  # The prediction stands.

@@ -12,6 +12,7 @@ Every predictor takes original images, uint8 [H, W, C] (or [H, W]; C = 1 gray, 2
   aop_deg     float32 [N]        Angle of Progression, degrees (NaN where degenerate)
   confidence  float32 [N, 3]     heatmap peaks / heatmap_scale (1 for a target-shaped peak)
   heatmaps    float32 [N, R, R, 3]
+  aop_spread_deg float32 [N]     an ensemble's spread of member AoPs, degrees; NaN for one model
 
 Batching is done once, here: `chunks` cuts a stream into lists of at most `batch_size` items, and
 `Predictor.predict` runs each stretch of equal-size images of a list in one model call, of at most
@@ -35,7 +36,7 @@ from aop_tf import model_dir as model_dir_lib
 from aop_tf import serving
 from aop_tf import zoo
 
-OUTPUT_KEYS = serving.OUTPUT_KEYS
+OUTPUT_KEYS = serving.OUTPUT_KEYS + serving.ENSEMBLE_KEYS  # every predictor returns all
 # The ops of the graphs aop_tf exports (every model variant: batch or group norm, softmax head,
 # segmentation and tangent FH1, DARK), and pure math ops a variant may add. A SavedModel whose
 # `serve_images` graph holds anything else (file I/O such as WriteFile or ReadFile, PyFunc, ...) is
@@ -118,6 +119,15 @@ def first_line(error):
   return lines[0] if lines else type(error).__name__
 
 
+def _with_ensemble_keys(outputs):
+  """`outputs` with the `serving.ENSEMBLE_KEYS` of a single model's outputs, NaN per image."""
+  batch = len(outputs["aop_deg"])
+  for key in serving.ENSEMBLE_KEYS:
+    if key not in outputs:
+      outputs[key] = np.full((batch,), np.nan, np.float32)
+  return outputs
+
+
 class Predictor:
   """Base of the predictors: checks images, runs equal-size stretches, stacks the outputs.
 
@@ -141,8 +151,10 @@ class Predictor:
       r = self.heatmap_cells
       return {"landmarks": np.zeros((0, 3, 2), np.float32), "aop_deg": np.zeros((0,), np.float32),
               "confidence": np.zeros((0, 3), np.float32),
-              "heatmaps": np.zeros((0, r, r, 3), np.float32)}
-    parts = [self._run(np.stack(images[start:end])) for start, end in _same_size_runs(images)]
+              "heatmaps": np.zeros((0, r, r, 3), np.float32),
+              "aop_spread_deg": np.zeros((0,), np.float32)}
+    parts = [_with_ensemble_keys(self._run(np.stack(images[start:end])))
+             for start, end in _same_size_runs(images)]
     return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_KEYS}
 
   def _run(self, images):
@@ -293,7 +305,7 @@ class SavedModelPredictor(Predictor):
   def _run(self, images):
     with bfloat16_graphs(self.bfloat16):
       out = self._fn(images=tf.constant(images))
-    return {k: out[k].numpy() for k in OUTPUT_KEYS}
+    return {k: out[k].numpy() for k in OUTPUT_KEYS if k in out}
 
   def describe(self):
     return dict(super().describe(), signature=serving.SERVE_IMAGES)
@@ -310,7 +322,7 @@ class _LiteRunner:
     outputs = runner.get_output_details()
     self._outputs = {k: v["index"] for k, v in outputs.items()}
     self.heatmap_shape = outputs.get("heatmaps", {}).get("shape", [1, 0, 0, 3])
-    missing = set(OUTPUT_KEYS) - set(self._outputs)
+    missing = set(serving.OUTPUT_KEYS) - set(self._outputs)
     if missing:
       raise ValueError(f"{path} lacks outputs {sorted(missing)}; re-export it with "
                        "`python -m aop_tf.export`.")
@@ -359,7 +371,7 @@ class TFLitePredictor(Predictor):
       jobs = [self._pool.submit(lambda r, idx: [r.run(images[i]) for i in idx], runner, share)
               for runner, share in zip(self._runners, shares)]
       parts = [part for job in jobs for part in job.result()]
-    return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_KEYS}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 class RedecodingPredictor(Predictor):

@@ -8,6 +8,9 @@ model's input (`data.preprocess_image`, the one resize), runs the model, and dec
   aop_deg     float32 [B]        Angle of Progression, degrees (NaN where degenerate)
   confidence  float32 [B, 3]     heatmap peaks / heatmap_scale (1 for a target-shaped peak)
   heatmaps    float32 [B, R, R, 3]
+and an ensemble (`aop_tf.ensemble`) also
+
+  aop_spread_deg float32 [B]     standard deviation of its members' AoPs, degrees
 
 Signatures (`SIGNATURES`): `serving_default` takes `images`, tf.string [B] encoded PNG/JPEG/BMP/GIF
 bytes of any size, gray or colour (what TF Serving's REST `{"b64": ...}` delivers); `serve_images`
@@ -35,6 +38,8 @@ SERVING_DEFAULT = "serving_default"
 SERVE_IMAGES = "serve_images"
 SIGNATURES = (SERVING_DEFAULT, SERVE_IMAGES)
 OUTPUT_KEYS = ("landmarks", "aop_deg", "confidence", "heatmaps")
+# Outputs of ensembles only (JSON responses stay finite); predictors give NaN for other models.
+ENSEMBLE_KEYS = ("aop_spread_deg",)
 
 
 def run_and_decode(model, images, size_px, codec):
@@ -47,10 +52,10 @@ def run_and_decode(model, images, size_px, codec):
     codec: the run's `codec.HeatmapCodec`.
 
   Returns:
-    dict of `OUTPUT_KEYS` (see the module docstring).
+    dict of `OUTPUT_KEYS` (and `ENSEMBLE_KEYS` for an ensemble; see the module docstring).
   """
   decoded = codec.decode(model(images, training=False), size_px)
-  return {key: decoded[key] for key in OUTPUT_KEYS}
+  return {key: decoded[key] for key in OUTPUT_KEYS + ENSEMBLE_KEYS if key in decoded}
 
 
 def _input_of(model, codec):

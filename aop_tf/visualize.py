@@ -97,7 +97,7 @@ def _draw_landmarks(canvas, points, aop, color, scale, label_offset, arc_gain):
 
 
 def overlay(image, pred=None, gt=None, aop_pred=None, aop_gt=None, title=None, min_size=512,
-            names=("GT", "pred")):
+            names=("GT", "pred"), aop_pred_spread=None):
   """Draws ground-truth and predicted landmarks, the AoP rays, arc and angle on the image.
 
   Args:
@@ -109,6 +109,8 @@ def overlay(image, pred=None, gt=None, aop_pred=None, aop_gt=None, title=None, m
     title: optional text written at the top left.
     min_size: the picture is upscaled by an integer factor until its shorter side is >= this.
     names: how the legend calls `gt` and `pred` (e.g. two annotations of one image).
+    aop_pred_spread: an ensemble's AoP spread, degrees, written as "118.2 +/- 4.1 deg" (not
+      where None or NaN).
 
   Returns:
     uint8 RGB [H*f, W*f, 3] with f the upscale factor.
@@ -130,6 +132,9 @@ def overlay(image, pred=None, gt=None, aop_pred=None, aop_gt=None, title=None, m
       aop = float(geometry.aop_deg(points).numpy())
     aop = None if aop is None else float(aop)
     shown = "undefined" if aop is None or not math.isfinite(aop) else f"{aop:.1f} deg"
+    spread = aop_pred_spread if name == names[1] else None
+    if spread is not None and math.isfinite(spread) and shown != "undefined":
+      shown = f"{aop:.1f} +/- {spread:.1f} deg"
     lines.append((f"AoP {name}: {shown}", color))
     if not _finite(points):
       continue  # Nothing to draw; the text above says the AoP is undefined.

@@ -36,10 +36,16 @@ def test_the_ensemble_predicts_the_mean_of_its_members(members, tmp_path):
   outs = [model_dir_lib.load_model(m)[0](images, training=False) for m in members]
   for key in ("heatmaps", "segmentation"):
     np.testing.assert_allclose(got[key], np.mean([o[key] for o in outs], axis=0), atol=1e-6)
-  # A predictor reads it like any run: landmarks decoded from the averaged heatmaps.
-  uint8 = [np.full((80, 96, 1), 100, np.uint8), np.full((80, 96, 1), 30, np.uint8)]
+  np.testing.assert_allclose(got["member_heatmaps"], np.stack([o["heatmaps"] for o in outs], 1),
+                             atol=1e-6)
+  # A predictor reads it like any run: landmarks decoded from the averaged heatmaps, and the
+  # spread of the members' AoPs as its uncertainty (NaN for one run).
+  uint8 = [np.full((64, 64, 1), 100, np.uint8), np.full((64, 64, 1), 30, np.uint8)]
   result = predictor_lib.load(out).predict(uint8)
   assert result["landmarks"].shape == (2, 3, 2)
+  member_aops = np.stack([predictor_lib.load(m).predict(uint8)["aop_deg"] for m in members], 1)
+  np.testing.assert_allclose(result["aop_spread_deg"], np.std(member_aops, axis=1), atol=1e-3)
+  assert np.all(np.isnan(predictor_lib.load(members[0]).predict(uint8)["aop_spread_deg"]))
 
 
 def test_the_ensemble_exports_and_the_export_agrees(members, tmp_path):
@@ -47,6 +53,11 @@ def test_the_ensemble_exports_and_the_export_agrees(members, tmp_path):
   ensemble.build(members[:2], out)
   info = export.export_model_dir(out, str(tmp_path / "export"))
   assert info["verification"]["tflite"]["landmarks_px"] < 1.0
+  images = [np.full((64, 64, 1), 100, np.uint8)]
+  want = predictor_lib.load(out).predict(images)["aop_spread_deg"]
+  for exported in ("export", "export/model.tflite"):
+    got = predictor_lib.load(str(tmp_path / exported)).predict(images)["aop_spread_deg"]
+    np.testing.assert_allclose(got, want, atol=0.05)
 
 
 def test_members_must_take_the_same_input(members, tmp_path):
