@@ -312,10 +312,11 @@ def make_dataset(data_dir, split, spec, training, start_epoch=0):
   n = num_examples(data_dir, split)
   batch_size, cache = spec.data.batch_size, spec.data.cache
   with_mask = spec.model.seg_classes > 0
-  # Shards are read 16 at a time, interleaved in a fixed order (a split of one shard: file order).
-  read_config = tfds.ReadConfig(try_autocache=not cache, interleave_cycle_length=16,
+  # Shards are read up to 16 at a time, interleaved in a fixed order (one shard: file order).
+  shards = min(16, max(1, int(builder(data_dir).info.splits[split].num_shards)))
+  read_config = tfds.ReadConfig(try_autocache=not cache, interleave_cycle_length=shards,
                                 num_parallel_calls_for_interleave_files=tf.data.AUTOTUNE,
-                                enable_ordering_guard=False)
+                                enable_ordering_guard=shards == 1)
   prepared = load_split(data_dir, split, read_config).enumerate().map(
       _prepare_fn(spec, with_mask), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if cache:

@@ -7,7 +7,8 @@
 For each configuration (input size x channels x batch size x augmentation) it builds the training
 stream once, times the first epoch ("cold": TFDS decode + resize + cache fill) and then
 `--repeats` timed runs of `--epochs_per_repeat` epochs over the filled cache ("warm"), reporting
-the median of the warm runs. The PSFHS images are 256x256, so the 512 rows upsample. Results go to
+the median of the warm runs, and the bytes per example each step carries to the device (the
+model's inputs and targets: since issue 19 landmark cells, not rendered heatmaps). The PSFHS images are 256x256, so the 512 rows upsample. Results go to
 `benchmarks/results/pipeline.json` with the machine's load, since the CPU may be shared.
 """
 
@@ -80,8 +81,14 @@ def _bench_one(dataset_dir, split, input_size, channels, batch_size, augment_on)
   for _ in range(FLAGS.repeats):
     seconds = _time_batches(iterator, n_batches)
     warm.append(n_batches * batch_size / seconds)
+  x, y = data.to_keras(next(iterator))  # what each step carries from the host to the device
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  carried = {key: int(value.numpy().nbytes) // batch_size
+             for key, value in {"x_image": x, **{f"y_{k}": v for k, v in y.items()}}.items()
+             if isinstance(value, tf.Tensor)}
   del iterator
   return {
+      "bytes_per_example": sum(carried.values()), "bytes_per_example_by_key": carried,
       "input_size": input_size, "input_channels": channels, "batch_size": batch_size,
       "augment": augment_on, "with_mask": FLAGS.with_mask, "steps_per_epoch": steps,
       "cold_epoch_s": round(cold_s, 3),
@@ -122,6 +129,7 @@ def main(argv):
       print(f"[{i + 1}/{len(configs)}] input {size}x{size}x{channels} batch {batch_size} "
             f"augment {'on ' if augment_on else 'off'}: warm "
             f"{row['warm_examples_per_s_median']:7.1f} ex/s (runs {row['warm_examples_per_s']}), "
+            f"{row['bytes_per_example'] / 1024:.0f} KiB/example to the device, "
             f"cold epoch {row['cold_epoch_s']:.1f} s, cache +{row['rss_growth_mb_first_epoch']} MB, "
             f"load {row['loadavg_1min_after']}", flush=True)
 
