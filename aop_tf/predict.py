@@ -29,6 +29,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from concurrent import futures
 
@@ -52,6 +53,10 @@ from aop_tf.io import points
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # Images with more pixels are shrunk to about this many as they are read (`read_image`).
 REDUCE_PIXELS = 4_000_000
+# Images over REDUCE_PIXELS decoded at once, whatever --num_workers: each holds up to ~250 MB while
+# it decodes (a 100-megapixel gray copy, and TensorFlow's strict check of PNGs), so this bounds
+# predict's peak memory (README: 1.5 GB).
+_LARGE_DECODES = threading.BoundedSemaphore(2)
 
 
 def input_specs(values):
@@ -125,7 +130,8 @@ def read_image(path, max_pixels=image_files.MAX_PIXELS, reduce_pixels=REDUCE_PIX
   image_files.check_size(encoded, str(path), max_pixels)
   declared = image_files.encoded_size(encoded)
   if declared is not None and reduce_pixels and declared[0] * declared[1] > reduce_pixels:
-    gray = image_files.decode_gray(encoded, str(path))
+    with _LARGE_DECODES:
+      gray = image_files.decode_gray(encoded, str(path))
     del encoded
     height, width = gray.shape
     scale = math.sqrt(reduce_pixels / (width * height))

@@ -120,6 +120,20 @@ def test_find_split_csvs(tmp_path):
     labels.find_split_csvs(str(tmp_path / "empty_dir_does_not_matter"))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_large_bmp_is_checked_from_its_header_and_a_truncated_one_refused(channels):
+  """Above LARGE_PIXELS a BMP is not decoded a second time by TensorFlow (300 MB for 100 MP RGB);
+  its header says whether the file holds every pixel row, which OpenCV would fill in silently."""
+  height, width = 4000, images.LARGE_PIXELS // 4000 + 8
+  pixels = np.random.default_rng(0).integers(0, 255, (height, width, channels), np.uint8)
+  data = cv2.imencode(".bmp", pixels)[1].tobytes()
+  assert images.is_large(data)
+  gray = images.decode_gray(data, "big.bmp")
+  assert gray.shape == (height, width)
+  with pytest.raises(images.ImageError, match="big.bmp.*truncated"):
+    images.decode_gray(data[:-width * channels], "big.bmp")
+
+
 def test_decode_gray_errors():
   with pytest.raises(images.ImageError, match="not a PNG/JPEG"):
     images.decode_gray(b"hello world", "x.png")

@@ -227,10 +227,32 @@ def decode_gray(data, where="image"):
   return to_gray_uint8(image, where)
 
 
+def _bmp_pixels_missing(data):
+  """For an uncompressed BMP: whether the file ends before its pixel rows do (what OpenCV fills in
+  silently); None for a compressed one. Checked from the header instead of decoding the image a
+  second time (TensorFlow has no one-channel BMP decoder: 300 MB for a 100 MP RGB file)."""
+  if len(data) < 34:
+    return True
+  offset, = struct.unpack_from("<I", data, 10)
+  width, height = struct.unpack_from("<ii", data, 18)
+  bits, compression = struct.unpack_from("<HI", data, 28)
+  if compression != 0:
+    return None
+  stride = (bits * abs(width) + 31) // 32 * 4
+  return len(data) < offset + stride * abs(height)
+
+
 def _check_strict(data, kind, where):
   """Raises ImageError when TensorFlow's decoder (strict, used at prediction) refuses `data`."""
   if kind not in ("png", "jpeg", "bmp", "gif"):
     return  # TIFF: OpenCV only
+  if kind == "bmp" and is_large(data):
+    missing = _bmp_pixels_missing(data)
+    if missing:
+      raise ImageError(f"{where}: cannot decode image: looks like bmp but is truncated (the file "
+                       "ends before its pixel rows); re-export it as PNG")
+    if missing is not None:
+      return
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   try:  # PNG: one channel, converted in the decoder (a quarter of the memory of RGBA)
     tf.io.decode_image(data, channels=1 if kind == "png" else 0, expand_animations=False)

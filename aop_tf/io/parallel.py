@@ -20,14 +20,15 @@ def default_workers():
 def ordered_map(fn, items, workers, window=None):
   """Yields `fn(item)` for each of `items`, in their order, computed on `workers` threads.
 
-  At most `window` (default 4 x workers) results are pending at once, so memory stays bounded
-  however long `items` is; `workers` <= 1 maps in this thread. An exception of `fn` is raised
+  At most `window` (default `workers`) results are pending at once, so memory stays bounded
+  however long `items` is (decoded images: a 100-megapixel one is 100 MB); `workers` <= 1 maps in
+  this thread. An exception of `fn` is raised
   where its result would have been yielded.
   """
   if workers <= 1:
     yield from map(fn, items)
     return
-  window = window or 4 * workers
+  window = window or workers
   with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="aop_prep") as pool:
     pending = collections.deque()
     for item in items:
