@@ -19,8 +19,8 @@ train on one device for now: Keras' distributed build takes a batch for an `(x, 
 mean teacher's `{"labeled", "unlabeled"}` batches are not one.
 
 Only the chief (worker 0, or the "chief" task) writes the training directory. Another worker
-trains in a private copy of it (`worker_dir`: config.json, state.json and latest.keras, so it
-resumes from the same checkpoint) that is removed at the end: the training directory must be
+trains in a private copy of it (`worker_dir`: the files a resume reads, so it resumes from the
+same checkpoint) that is removed at the end: the training directory must be
 readable by every worker (one host, or a shared file system). Stop signals, the time budget and
 the NaN guard end every worker at the same step: each step's stop requests are combined over the
 workers.
@@ -39,7 +39,6 @@ import tensorflow as tf
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
 LR_SCALINGS = ("linear", "sqrt", "none")
-_WORKER_FILES = ("config.json", "state.json", "latest.keras")
 
 
 class DistributeError(ValueError):
@@ -97,11 +96,11 @@ def scaled_spec(spec, replicas):
 
 
 @contextlib.contextmanager
-def worker_dir(model_dir):
-  """A private copy of the chief's `model_dir` (the files a resume reads) for another worker."""
+def worker_dir(model_dir, names):
+  """A private copy of the files `names` of the chief's `model_dir` for another worker."""
   private = tempfile.mkdtemp(prefix="aop_tf_worker_")
   try:
-    for name in _WORKER_FILES:
+    for name in names:
       if os.path.isfile(os.path.join(model_dir, name)):
         shutil.copy2(os.path.join(model_dir, name), private)
     yield private

@@ -4,10 +4,10 @@ The input pipeline yields the landmarks in heatmap cells, float32 [B, 3, 2]; eac
 renders its targets from them inside the training step (`codec.HeatmapCodec.render`, the one
 encoder: unit-peak Gaussians [B, R, R, 3]), so the maps are made on the device that trains and never
 cross from the host. A loss also takes rendered maps as `y_true` (rank 4) as they are. Every
-heatmap loss multiplies the targets by `heatmap_scale` first (a larger amplitude gives the foreground more weight
-against the mostly-zero background; decoding is scale invariant). Each loss returns one value per example,
-the mean over cells and landmarks, which Keras then averages over the batch: `mse` with scale 1 is
-exactly the paper's (PyTorch `MSELoss`, mean over all elements).
+heatmap loss multiplies the targets by `heatmap_scale` first (a larger amplitude gives the
+foreground more weight against the mostly-zero background; decoding is scale invariant). Each loss
+returns one value per example, the mean over cells and landmarks, which Keras then averages over
+the batch: `mse` with scale 1 is exactly the paper's (PyTorch `MSELoss`, mean over all elements).
 
 The classes are registered Keras serializables, so `.keras` checkpoints load with
 `compile=True`; evaluation loads with `compile=False` and needs none of this.

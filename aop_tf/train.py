@@ -228,7 +228,9 @@ def train(spec, extra_callbacks=()):
   if distribute.is_chief(strategy):
     with model_dir_lib.locked(model_dir):
       return _train_locked(spec, data_dir, strategy, extra_callbacks)
-  with distribute.worker_dir(model_dir) as private:  # another worker: writes a private copy
+  resumed_from = (model_dir_lib.CONFIG_FILE, model_dir_lib.STATE_FILE,
+                  os.path.basename(model_dir_lib.checkpoint_path(model_dir, "latest")))
+  with distribute.worker_dir(model_dir, resumed_from) as private:  # another worker: its own copy
     result = _train_locked(spec.replace(model_dir=private), data_dir, strategy, extra_callbacks)
   return dataclasses.replace(result, model_dir=model_dir)
 

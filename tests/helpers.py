@@ -1,6 +1,7 @@
 """Small models for the tests: a run spec of a tiny U-Net and a training directory holding it."""
 
 import os
+import signal
 
 import keras
 import numpy as np
@@ -35,6 +36,21 @@ def write_model_dir(folder, spec=None, seed=3, zero_heatmaps=False):
   model_dir_lib.save_model(model, model_dir_lib.checkpoint_path(str(folder), "latest"))
   model_dir_lib.write_spec(str(folder), spec)
   return model
+
+
+class SignalAt(keras.callbacks.Callback):
+  """Sends SIGTERM to this process after batch `batch` of epoch `epoch` (0-based)."""
+
+  def __init__(self, epoch, batch):
+    super().__init__()
+    self.epoch, self.batch, self._current = epoch, batch, -1
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._current = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self._current == self.epoch and batch == self.batch:
+      os.kill(os.getpid(), signal.SIGTERM)
 
 
 def train_spec(data_dir, model_dir, **flags):

@@ -2,7 +2,6 @@
 reach the student's view by the known transform, the EMA update, and exact resume."""
 
 import os
-import signal
 
 import cv2
 import keras
@@ -87,21 +86,6 @@ def test_ema_update_follows_the_student_every_weight():
   assert semi.ramp_weight(10, 10, 2.0).numpy() == pytest.approx(2.0)
 
 
-class _SignalAt(keras.callbacks.Callback):
-  """Sends SIGTERM to this process after batch `batch` of epoch `epoch` (0-based)."""
-
-  def __init__(self, epoch, batch):
-    super().__init__()
-    self.epoch, self.batch, self._current = epoch, batch, -1
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._current = epoch
-
-  def on_train_batch_end(self, batch, logs=None):
-    if self._current == self.epoch and batch == self.batch:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_a_semi_supervised_run_resumes_exactly(tmp_path):
   keep = tmp_path / "keep.txt"
   keep.write_text("\n".join(f"phantom_{i:07d}.png" for i in range(8)) + "\n")
@@ -115,7 +99,7 @@ def test_a_semi_supervised_run_resumes_exactly(tmp_path):
   whole = train.train(spec)
   assert min(whole.history["pseudo_kept"]) > 0  # the unlabeled loss did train the student
   stopped = train.train(spec.replace(model_dir=str(tmp_path / "cut")),
-                        extra_callbacks=[_SignalAt(epoch=1, batch=0)])
+                        extra_callbacks=[helpers.SignalAt(epoch=1, batch=0)])
   assert (stopped.stop_reason, stopped.steps_into_epoch) == ("signal", 1)
   resumed = train.train(spec.replace(model_dir=str(tmp_path / "cut")))
   assert resumed.epochs_done == 2

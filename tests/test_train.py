@@ -87,26 +87,11 @@ def test_smoke_run_writes_the_training_directory(reference_run, phantom_dir):
     assert tags.get(tag) == [1, 2, 3], tag
 
 
-class _SignalAt(keras.callbacks.Callback):
-  """Sends SIGTERM to this process after batch `batch` of epoch `epoch` (0-based)."""
-
-  def __init__(self, epoch, batch):
-    super().__init__()
-    self.epoch, self.batch, self._current = epoch, batch, -1
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._current = epoch
-
-  def on_train_batch_end(self, batch, logs=None):
-    if self._current == self.epoch and batch == self.batch:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_sigterm_then_resume_matches_uninterrupted_run(reference_run, phantom_dir, tmp_path):
   spec = _config(phantom_dir, tmp_path / "resumed")
   batch = 0  # of 2 steps per epoch (8 phantom images, batch 4)
   # SIGTERM after step `batch + 1` of epoch 2: latest.keras is saved there, mid-epoch.
-  stopped = train.train(spec, extra_callbacks=[_SignalAt(epoch=1, batch=batch)])
+  stopped = train.train(spec, extra_callbacks=[helpers.SignalAt(epoch=1, batch=batch)])
   assert (stopped.stop_reason, stopped.signal_name, stopped.epochs_done,
           stopped.steps_into_epoch) == ("signal", "SIGTERM", 1, batch + 1)
   state = model_dir_lib.read_json(str(tmp_path / "resumed" / "state.json"))
@@ -135,7 +120,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(reference_run, phantom_di
 def test_a_mid_epoch_checkpoint_without_its_state_is_refused(reference_run, phantom_dir,
                                                              tmp_path):
   spec = _config(phantom_dir, tmp_path / "run")
-  train.train(spec, extra_callbacks=[_SignalAt(epoch=1, batch=0)])
+  train.train(spec, extra_callbacks=[helpers.SignalAt(epoch=1, batch=0)])
   state_path = str(tmp_path / "run" / "state.json")
   state = model_dir_lib.read_json(state_path)
   del state["partial"]

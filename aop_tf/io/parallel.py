@@ -22,8 +22,7 @@ def ordered_map(fn, items, workers, window=None):
 
   At most `window` (default `workers`) results are pending at once, so memory stays bounded
   however long `items` is (decoded images: a 100-megapixel one is 100 MB); `workers` <= 1 maps in
-  this thread. An exception of `fn` is raised
-  where its result would have been yielded.
+  this thread. An exception of `fn` is raised where its result would have been yielded.
   """
   if workers <= 1:
     yield from map(fn, items)
