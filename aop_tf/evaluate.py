@@ -37,6 +37,7 @@ from aop_tf import model_dir as model_dir_lib
 from aop_tf import predictor as predictor_lib
 from aop_tf import sources
 from aop_tf import visualize
+from aop_tf import zoo
 
 REPORT_FILE = "report.json"
 PER_IMAGE_FILE = "per_image.csv"
@@ -60,11 +61,12 @@ def predict_source(predictor, source, batch_size=16, keep_heatmaps=False, progre
 
   Returns:
     preds: dict of numpy arrays: `pred_px` float32 [N,3,2], `gt_px` [N,3,2], `size_px` [N,2],
-      `confidence` [N,3], `filename` object [N] of str, and `heatmaps` [N,R,R,3] when
+      `confidence` [N,3], `aop_spread_deg` [N] (an ensemble's spread of member AoPs, degrees; NaN
+      for one model), `filename` object [N] of str, and `heatmaps` [N,R,R,3] when
       `keep_heatmaps`.
     timing: `batch_s`, `batch_n` (seconds and images of each model call) and `total_s`.
   """
-  keys = ("pred_px", "gt_px", "size_px", "confidence", "filename") + (
+  keys = ("pred_px", "gt_px", "size_px", "confidence", "aop_spread_deg", "filename") + (
       ("heatmaps",) if keep_heatmaps else ())
   parts = {k: [] for k in keys}
   timing = {"batch_s": [], "batch_n": []}
@@ -78,6 +80,7 @@ def predict_source(predictor, source, batch_size=16, keep_heatmaps=False, progre
       timing["batch_n"].append(len(batch))
       parts["pred_px"].append(out["landmarks"])
       parts["confidence"].append(out["confidence"])
+      parts["aop_spread_deg"].append(out["aop_spread_deg"])
       parts["gt_px"].append(np.stack([ex["landmarks"] for ex in batch]))
       parts["size_px"].append(np.array([[ex["image"].shape[1], ex["image"].shape[0]]
                                         for ex in batch], np.float32))
@@ -115,6 +118,7 @@ def per_image_rows(preds, errors):
     row["degenerate"] = int(errors["degenerate"][i])
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"conf_{name}"] = float(preds["confidence"][i, k])
+    row["aop_spread_deg"] = float(preds["aop_spread_deg"][i])
     rows.append(row)
   return rows
 
@@ -194,6 +198,8 @@ def overlay_indices(errors, count, order="file"):
 
 
 def _default_output_dir(model, source):
+  if not os.path.exists(model):  # a shipped model: never write into the package
+    return os.path.join("runs", f"{model}_eval_{source.name}")
   folder = model if os.path.isdir(model) else os.path.dirname(os.path.abspath(model))
   return os.path.join(folder, f"eval_{source.name}")
 
@@ -225,12 +231,14 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
   """Runs a model over one dataset and writes report.json, per_image.csv and overlays.
 
   Args:
-    model: a training directory, an exported SavedModel folder or a `.tflite` file.
+    model: a training directory, an exported SavedModel folder, a `.tflite` file or the name of
+      a shipped model (`aop_tf.zoo`).
     checkpoint: training directory only: which `<checkpoint>.keras` (default: the first of
       best_val_mre, best_val_loss, latest).
     data_dir, split: a built TFDS dataset and its split; or
     images_dir, labels_csv: a folder of images and an IUGC-format CSV naming them.
-    output_dir: default `<model>/eval_<split>` (or `eval_<csv name>`).
+    output_dir: default `<model>/eval_<split>` (or `eval_<csv name>`); for a shipped model
+      `runs/<name>_eval_<split>`.
     decode_method, blur_sigma_cells, fh1_method: override the model's decoding (None: keep it).
     overlays: number of overlay + heatmap panel PNGs (0 none, -1 all).
     overlay_order: "file" (first in file order) or "worst" (largest mean radial error first).
@@ -245,9 +253,10 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
     raise ValueError(f"--batch_size {batch_size} must be >= 1.")
   if overlay_order not in OVERLAY_ORDERS:
     raise ValueError(f"Unknown overlay order {overlay_order!r}; expected one of {OVERLAY_ORDERS}.")
-  if not os.path.exists(model):
+  if zoo.resolve(model) is None:
+    shipped = ", ".join(zoo.names()) or "none installed"
     raise FileNotFoundError(f"--model={model} does not exist; pass a training directory, an "
-                            "export folder or a .tflite file.")
+                            f"export folder, a .tflite file or a shipped model ({shipped}).")
   source = open_source(data_dir, split, images_dir, labels_csv, progress)
   predictor = predictor_lib.load(model, checkpoint, decode={
       "decode_method": decode_method, "blur_sigma_cells": blur_sigma_cells,
@@ -284,7 +293,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   flags.DEFINE_string("model", None, "Training directory (config.json + *.keras), exported "
-                      "SavedModel folder (saved_model.pb) or .tflite file.")
+                      "SavedModel folder (saved_model.pb), .tflite file or shipped model name (psfhs).")
   flags.DEFINE_string("checkpoint", None, "Training directory: which <name>.keras (e.g. "
                       "best_val_mre, latest, epoch_0050); default the first of "
                       f"{', '.join(model_dir_lib.CHECKPOINTS)} that exists.")

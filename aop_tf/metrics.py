@@ -195,3 +195,43 @@ def summary_table(summary):
     lines.append("AoP error deg with only one landmark predicted: " + "  ".join(
         f"{name} {fmt(by_landmark[name])}" for name in LANDMARK_NAMES))
   return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Does a confidence score find the bad predictions?
+
+
+def auroc(scores, positives):
+  """Area under the ROC curve of `scores` (higher = more suspect) for `positives` (bool): the
+  chance that a random positive scores above a random negative, ties counting half. NaN when
+  either class is empty."""
+  scores = np.asarray(scores, np.float64)
+  positives = np.asarray(positives, bool)
+  pos, neg = scores[positives], scores[~positives]
+  if not len(pos) or not len(neg):
+    return math.nan
+  above = (pos[:, None] > neg[None, :]).mean()
+  ties = (pos[:, None] == neg[None, :]).mean()
+  return float(above + 0.5 * ties)
+
+
+def threshold_for_recall(scores, positives, recall=0.5):
+  """The highest threshold `t` such that flagging `scores >= t` catches at least `recall` of the
+  positives (None without positives)."""
+  pos = np.sort(np.asarray(scores, np.float64)[np.asarray(positives, bool)])[::-1]
+  if not len(pos):
+    return None
+  return float(pos[max(0, math.ceil(recall * len(pos)) - 1)])
+
+
+def flag_summary(scores, errors, threshold, bad_deg=10.0):
+  """What flagging `scores >= threshold` does on images with AoP `errors` (deg): the share of
+  images flagged, the share of the > `bad_deg` errors caught (None without any), mean error
+  flagged vs not (JSON-ready: no NaN)."""
+  scores, errors = np.asarray(scores, np.float64), np.asarray(errors, np.float64)
+  flagged, bad = scores >= threshold, errors > bad_deg
+  return {"threshold": float(threshold), "flagged_share": float(flagged.mean()),
+          "bad_caught_share": float(flagged[bad].mean()) if bad.any() else None,
+          "mean_error_flagged_deg": _mean_finite(errors[flagged]),
+          "mean_error_unflagged_deg": _mean_finite(errors[~flagged]),
+          "n_bad": int(bad.sum()), "bad_deg": bad_deg}

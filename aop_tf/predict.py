@@ -46,6 +46,7 @@ from aop_tf import config as config_lib
 from aop_tf import geometry
 from aop_tf import predictor as predictor_lib
 from aop_tf import pseudo
+from aop_tf import zoo
 from aop_tf.io import files
 from aop_tf.io import images as image_files
 from aop_tf.io import points
@@ -392,8 +393,10 @@ def _define_flags():
                        "(rejected by a filter first, then the lowest peak) to "
                        "<output>.select.txt.")
   flags.DEFINE_string("overlay_dir", None, "If set, writes an overlay PNG per image here.")
-  flags.DEFINE_float("min_confidence", 0.3, "Rows whose lowest heatmap peak is below this are "
-                     "flagged low_confidence.")
+  flags.DEFINE_float("min_confidence", None, "Rows whose lowest heatmap peak is below this are "
+                     "flagged low_confidence; default the threshold chosen for the model on val "
+                     "(its model_card.json: 0.69 for psfhs, catching half of the > 10 deg AoP "
+                     "errors), else 0.3.")
   flags.DEFINE_integer("batch_size", 8, "Images per model call.")
   flags.DEFINE_integer("num_workers", 4, "Threads that read and decode images.")
   flags.DEFINE_integer("num_threads", None, "TFLite: threads per interpreter (default: LiteRT's, "
@@ -449,8 +452,10 @@ def main(argv):
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     on_batch = overlay_writer(FLAGS.overlay_dir, root)
   start = time.perf_counter()
+  min_confidence = (zoo.flag_min_confidence(FLAGS.model) if FLAGS.min_confidence is None
+                    else FLAGS.min_confidence)
   rows, failures = predict_files(model, paths, FLAGS.batch_size, FLAGS.num_workers,
-                                 FLAGS.min_confidence, on_batch=on_batch,
+                                 min_confidence, on_batch=on_batch,
                                  max_pixels=FLAGS.max_pixels)
   seconds = time.perf_counter() - start
   if fmt == "json":
@@ -463,7 +468,7 @@ def main(argv):
   n_degenerate = sum(row["degenerate"] for row in rows)
   print(f"[predict] {len(rows)} images -> {FLAGS.output} in {seconds:.1f} s "
         f"({len(rows) / max(seconds, 1e-9):.1f} img/s); {n_low} low confidence "
-        f"(< {FLAGS.min_confidence}), {n_degenerate} with undefined AoP; {len(failures)} skipped")
+        f"(< {min_confidence}), {n_degenerate} with undefined AoP; {len(failures)} skipped")
   for path, reason in failures:
     print(f"[predict]   skipped: {reason}", file=sys.stderr)
   if FLAGS.overlay_dir:

@@ -8,6 +8,7 @@ model.
 """
 
 import json
+import math
 import os
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
@@ -35,8 +36,154 @@ def resolve(model, root=None):
 
 def card(name, root=None):
   """The shipped model's `model_card.json` as a dict ({} if it has none)."""
-  path = os.path.join(root or ROOT, name, CARD_FILE)
+  return card_of(os.path.join(root or ROOT, name))
+
+
+def card_of(model):
+  """The `model_card.json` beside a model (a shipped name, a folder or a .tflite file), or {}."""
+  path = resolve(model) or model
+  folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+  path = os.path.join(folder, CARD_FILE)
   if not os.path.isfile(path):
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+def flag_min_confidence(model, default=0.3):
+  """The confidence below which `predict` flags an image: the threshold chosen for this model
+  on val (its card's `flag.min_confidence`), else `default`."""
+  value = card_of(model).get("flag", {}).get("min_confidence")
+  return default if value is None else float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a shipped model: python -m aop_tf.zoo --name=psfhs --members=runs/a,runs/b,...
+
+PSFHS_CITATION = (
+    "Chen et al., \"PSFHS: intrapartum ultrasound image dataset for AI-based segmentation of "
+    "pubic symphysis and fetal head\", Scientific Data 11, 2024 (Zenodo record 10969427). The "
+    "data was published for research use; cite the paper when you use this model.")
+BAD_AOP_DEG = 10.0  # the flag is chosen to catch at least half of the AoP errors above this
+
+
+def _member_record(folder, checkpoint):
+  """What the card says about one member run: its seed, epochs, training minutes, checkpoint."""
+  from aop_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
+  spec = model_dir_lib.read_spec(folder)
+  state = model_dir_lib.read_state(folder) or {}
+  return {"run": os.path.basename(os.path.normpath(folder)), "checkpoint": checkpoint,
+          "seed": spec.run.seed, "epochs": state.get("epoch"),
+          "train_minutes": round(state.get("train_seconds", 0.0) / 60, 1),
+          "unlabeled_split": spec.semi.unlabeled_split or None}
+
+
+def _val_section(report_dir):
+  """The card's val metrics and flag threshold from an `aop_tf.evaluate` output folder."""
+  import csv  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from aop_tf import metrics  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(report_dir, "report.json")) as f:
+    report = json.load(f)
+  with open(os.path.join(report_dir, "per_image.csv"), newline="") as f:
+    rows = list(csv.DictReader(f))
+  errors = np.array([float(r["aop_error_deg"] or "nan") for r in rows])
+  lowest = np.array([min(float(r[f"conf_{n}"] or "nan") for n in ("PS1", "PS2", "FH1"))
+                     for r in rows])
+  bad = errors > BAD_AOP_DEG
+  # The flag: lowest peak confidence below a threshold; chosen here, on val, so that it catches
+  # at least half of the > 10 deg AoP errors (scores: 1 - confidence, higher = more suspect).
+  t = metrics.threshold_for_recall(1.0 - lowest, bad, 0.5)
+  min_confidence = None if t is None else math.ceil((1.0 - t) * 1e4 + 1e-6) / 1e4
+  flag = (metrics.flag_summary(1.0 - lowest, errors, 1.0 - min_confidence + 1e-9, BAD_AOP_DEG)
+          if min_confidence is not None else {})
+  flag.pop("threshold", None)
+  auroc = metrics.auroc(1.0 - lowest, bad)
+  return {
+      "split": "PSFHS val (200 images, 256x256; other subjects than train)",
+      "mre_512": report["mre_512"], "mre_px": report["mre_px"],
+      "aop_error_deg": report["aop_error_deg"], "aop_agreement_120": report["aop_agreement_120"],
+      "inference_ms_per_image_batch16": report["inference_ms_per_image"],
+  }, dict(flag, min_confidence=min_confidence,
+          auroc_min_confidence=auroc if math.isfinite(auroc) else None,
+          chosen_on="PSFHS val, the split it is reported on")
+
+
+def build(name, members, data_dir, checkpoint="latest", work_dir="runs", root=None,
+          command=None):
+  """Averages `members` (training directories), exports the ensemble as int8 TFLite calibrated
+  on `data_dir`'s train split, measures the exported file on its val split, and installs
+  `model.tflite`, `export_info.json` and `model_card.json` in `<root>/<name>/`.
+
+  Returns the card (dict).
+  """
+  import shutil  # pylint: disable=import-outside-toplevel
+  from aop_tf import ensemble, evaluate, export  # pylint: disable=import-outside-toplevel
+  root = root or ROOT
+  run_dir = os.path.join(work_dir, f"zoo_{name}")
+  export_dir = os.path.join("saved_models", f"zoo_{name}")
+  print(f"[zoo] 1/4 averaging {len(members)} runs -> {run_dir}", flush=True)
+  ensemble.build(members, run_dir, checkpoint)
+  print(f"[zoo] 2/4 exporting int8 TFLite -> {export_dir}", flush=True)
+  info = export.export_model_dir(run_dir, export_dir, quantize="int8", calibration_data=data_dir)
+  tflite = os.path.join(export_dir, "model.tflite")
+  print("[zoo] 3/4 measuring the exported file on val", flush=True)
+  eval_dir = os.path.join(run_dir, "eval_val_shipped")
+  evaluate.evaluate(tflite, data_dir=data_dir, split="val", output_dir=eval_dir, overlays=0,
+                    progress=False, verbose=False)
+  val, flag = _val_section(eval_dir)
+  card = {
+      "name": name,
+      "summary": (f"An average of {len(members)} cpu.cfg U-Nets (heatmaps averaged before one "
+                  "decoder) trained on PSFHS train, int8 TFLite."),
+      "intended_use": ("Research on automatic AoP measurement in intrapartum transperineal "
+                       "ultrasound. Not a medical device; not for clinical decisions."),
+      "training_data": ("PSFHS train: 838 images, 256x256 gray, two hospitals; landmarks derived "
+                        "from the segmentation masks by the IUGC rule (data_prep/masks.py)."),
+      "citation": PSFHS_CITATION,
+      "members": [_member_record(m, checkpoint) for m in members],
+      "build_command": command,
+      "export": {"quantization": info["quantization"],
+                 "calibration_images": info["calibration_images"],
+                 "tflite_bytes": info["tflite"]["bytes"],
+                 "tflite_drift_real_images": info["verification"].get("tflite_real")},
+      "val": val,
+      "flag": flag,
+  }
+  target = os.path.join(root, name)
+  os.makedirs(target, exist_ok=True)
+  for file in ("model.tflite", "export_info.json"):
+    shutil.copyfile(os.path.join(export_dir, file), os.path.join(target, file))
+  with open(os.path.join(target, CARD_FILE), "w") as f:
+    json.dump(card, f, indent=2, sort_keys=False)
+    f.write("\n")
+  print(f"[zoo] 4/4 installed {target}: val MRE {val['mre_512']['mean']:.2f} px (512 space), "
+        f"AoP error {val['aop_error_deg']['mean']:.2f} deg; flag below confidence "
+        f"{flag.get('min_confidence')}", flush=True)
+  return card
+
+
+def main(argv):
+  import sys  # pylint: disable=import-outside-toplevel
+  from absl import app, logging  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO.
+  if len(FLAGS.members) < 2:
+    raise app.UsageError("--members needs two or more training directories.")
+  build(FLAGS.name, FLAGS.members, FLAGS.data_dir, FLAGS.checkpoint,
+        command="python -m aop_tf.zoo " + " ".join(sys.argv[1:]))
+  return 0
+
+
+if __name__ == "__main__":
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from aop_tf import cli  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("name", "psfhs", "Shipped model name: installs aop_tf/models/<name>/.")
+  flags.DEFINE_list("members", [], "Training directories to average (two or more).")
+  flags.DEFINE_string("data_dir", "data/psfhs", "Built dataset: its train split calibrates int8, "
+                      "its val split measures the exported file.")
+  flags.DEFINE_string("checkpoint", "latest", "Each member's checkpoint (latest: the final "
+                      "epoch, not picked on val).")
+  FLAGS = flags.FLAGS
+  cli.run(main, "zoo")

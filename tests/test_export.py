@@ -198,6 +198,7 @@ def test_quantized_variants_stay_within_their_drift_bounds(exported, tmp_path):
   assert info["quantization"] == "dynamic"
   assert info["verification"]["savedmodel"]["landmarks_px"] <= export.LANDMARK_TOL_PX
   recorded = info["verification"]["tflite"]  # export_info.json records the comparison
+  assert info["verification"]["tflite_real"] is None  # test images given: none counts as real
   assert recorded["heatmaps"] <= QUANT_HEATMAP_TOL["dynamic"] * scale + 1e-6, recorded
   graph = str(tmp_path / "graph")
   serving.tflite_archive(exported["model"], SPEC.heatmap_codec()).write_out(graph, verbose=False)

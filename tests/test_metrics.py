@@ -166,3 +166,24 @@ def test_512_scaling_is_per_axis(dx, dy, width, height):
   if width == height:
     np.testing.assert_allclose(errors["radial_512"], errors["radial_px"] * 512.0 / width,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_auroc_counts_ordered_pairs_and_ties():
+  assert metrics.auroc([3, 2, 1, 0], [True, True, False, False]) == 1.0
+  assert metrics.auroc([0, 1, 2, 3], [True, True, False, False]) == 0.0
+  assert metrics.auroc([1, 1], [True, False]) == 0.5
+  assert metrics.auroc([2, 1, 3, 0], [True, False, False, False]) == pytest.approx(2 / 3)
+  assert np.isnan(metrics.auroc([1, 2], [False, False]))
+
+
+def test_threshold_for_recall_flags_at_least_that_share_of_positives():
+  scores = np.array([0.9, 0.8, 0.1, 0.7, 0.2, 0.3])
+  bad = np.array([True, False, True, True, False, True])
+  t = metrics.threshold_for_recall(scores, bad, 0.5)
+  assert t == 0.7  # positives score 0.9, 0.7, 0.3, 0.1: the top two are caught from 0.7 down
+  assert (scores[bad] >= t).mean() >= 0.5
+  summary = metrics.flag_summary(scores, np.where(bad, 12.0, 2.0), t)
+  assert summary["flagged_share"] == pytest.approx(3 / 6)
+  assert summary["bad_caught_share"] == pytest.approx(2 / 4)
+  assert summary["mean_error_flagged_deg"] == pytest.approx((12 + 2 + 12) / 3)
+  assert metrics.threshold_for_recall(scores, np.zeros(6, bool)) is None

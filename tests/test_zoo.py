@@ -49,3 +49,54 @@ def test_an_unknown_name_lists_the_shipped_ones(shipped_root, monkeypatch):
   monkeypatch.setattr(zoo, "ROOT", shipped_root)
   with pytest.raises(FileNotFoundError, match=r"nor a shipped model \(tiny\)"):
     predictor_lib.load("psfhs_v0")
+
+
+def test_a_models_card_sets_predicts_flag_threshold(shipped_root, tmp_path, monkeypatch):
+  monkeypatch.setattr(zoo, "ROOT", shipped_root)
+  assert zoo.flag_min_confidence("tiny") == 0.3  # no flag in its card: the default
+  folder = tmp_path / "export"
+  folder.mkdir()
+  (folder / "model.tflite").write_bytes(b"")
+  (folder / zoo.CARD_FILE).write_text('{"flag": {"min_confidence": 0.69}}')
+  assert zoo.flag_min_confidence(str(folder)) == 0.69
+  assert zoo.flag_min_confidence(str(folder / "model.tflite")) == 0.69
+
+
+def test_evaluate_takes_a_shipped_name_and_writes_outside_the_package(shipped_root, phantom_dir,
+                                                                      tmp_path, monkeypatch):
+  from aop_tf import evaluate  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(zoo, "ROOT", shipped_root)
+  monkeypatch.chdir(tmp_path)
+  report = evaluate.evaluate("tiny", data_dir=phantom_dir, split="val", overlays=0,
+                             progress=False, verbose=False)
+  assert report["n_images"] == 4
+  assert os.path.isfile(os.path.join("runs", "tiny_eval_val", "report.json"))
+  assert sorted(os.listdir(os.path.join(shipped_root, "tiny"))) == [
+      "export_info.json", "model.tflite", zoo.CARD_FILE]
+  with pytest.raises(FileNotFoundError, match=r"shipped model \(tiny\)"):
+    evaluate.evaluate("psfhs_v0", data_dir=phantom_dir, progress=False, verbose=False)
+
+
+def test_build_installs_a_measured_ensemble_with_its_card(phantom_dir, tmp_path, monkeypatch):
+  from aop_tf import evaluate  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(tmp_path)
+  members = []
+  for seed in (1, 2):
+    members.append(str(tmp_path / f"member{seed}"))
+    helpers.write_model_dir(members[-1], helpers.tiny_spec(loss="softmax_ce", seed=seed), seed=seed)
+  card = zoo.build("twin", members, phantom_dir, root=str(tmp_path / "models"),
+                   command="python -m aop_tf.zoo --name=twin")
+  installed = tmp_path / "models" / "twin"
+  assert sorted(os.listdir(installed)) == ["export_info.json", "model.tflite", zoo.CARD_FILE]
+  assert zoo.card("twin", str(tmp_path / "models")) == card
+  assert [m["seed"] for m in card["members"]] == [1, 2]
+  assert card["export"]["quantization"] == "int8"
+  # The card's figures are those of the installed file.
+  report = evaluate.evaluate(str(installed / "model.tflite"), data_dir=phantom_dir, split="val",
+                             output_dir=str(tmp_path / "check"), overlays=0, progress=False,
+                             verbose=False)
+  assert card["val"]["mre_512"]["mean"] == pytest.approx(report["mre_512"]["mean"], abs=1e-6)
+  flag = card["flag"]
+  if flag["n_bad"]:  # the flag catches at least half of the > 10 deg errors
+    assert flag["bad_caught_share"] >= 0.5
+  assert zoo.flag_min_confidence(str(installed)) == flag["min_confidence"]
