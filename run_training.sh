@@ -94,7 +94,7 @@ N=$((6 + EXAMPLES))
 # errors pass (AOP_VERBOSE=1 shows everything).
 quiet() {
   if [[ -n "${AOP_VERBOSE:-}" ]]; then "$@"; return; fi
-  "$@" 2> >(grep --line-buffered -vE '^(WARNING: All log messages before absl|[IW]0000 |I[0-9]{4} |INFO: Created TensorFlow Lite)|rebuild TensorFlow with the appropriate compiler flags' >&2)
+  "$@" 2> >(grep --line-buffered -vE '^(WARNING: All log messages before absl|[IW]0000 |I[0-9]{4} |INFO: Created TensorFlow Lite|INFO:tensorflow:Assets written)|rebuild TensorFlow with the appropriate compiler flags' >&2)
 }
 
 step "1/$N Python environment (.venv)"
