@@ -31,6 +31,7 @@ from aop_tf import distribute as distribute_lib
 from aop_tf import losses
 from aop_tf import model as model_lib
 from aop_tf import optim as optim_lib
+from aop_tf import pseudo as pseudo_lib
 
 FORMAT = 2  # config.json layout: {"format": 2, "<section>": {field: value}}
 
@@ -300,6 +301,8 @@ class SemiSpec(_Section):
     pseudo_ps_length_512: Pubic symphysis length min,max in 512 space, px; outside: dropped.
     pseudo_aop_range_deg: Teacher AoP min,max, degrees; outside: dropped.
     pseudo_head_side: Drop landmarks whose FH1 lies on the other side of PS1->PS2 than the head.
+    pseudo_landmarks: Which teacher landmarks train the student: all three, or the symphysis ends
+      only (PS1, PS2; FH1, which slides along the head contour, is the teacher's weakest).
   """
   unlabeled_split: str = knob("")
   unlabeled_batch_size: int = knob(8, check="positive")
@@ -314,6 +317,7 @@ class SemiSpec(_Section):
   pseudo_ps_length_512: tuple = knob((70.0, 200.0), check="range")
   pseudo_aop_range_deg: tuple = knob((55.0, 180.0), check="range")
   pseudo_head_side: bool = knob(True)
+  pseudo_landmarks: str = knob("all", choices=tuple(pseudo_lib.LANDMARK_SETS))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -141,6 +141,13 @@ class MeanTeacher(keras.Model):
     keep = tf.logical_and(verdict["kept"], inside)
     return self.codec.to_cells(strong, square), keep, strong
 
+  def unlabeled_per_image(self, targets, heatmaps):
+    """The unlabeled loss per image [B] of the student's `heatmaps` [B, R, R, 3] against the
+    teacher's `targets` [B, 3, 2] (cells), over the landmarks `--pseudo_landmarks` names."""
+    which = pseudo.LANDMARK_SETS[self.semi.pseudo_landmarks]
+    return self.unlabeled_loss.call(tf.gather(targets, which, axis=1),
+                                    tf.gather(heatmaps, which, axis=-1))
+
   def train_step(self, data):
     (x, y), unlabeled = data["labeled"], data["unlabeled"]
     batch = tf.shape(x)[0]
@@ -150,7 +157,7 @@ class MeanTeacher(keras.Model):
       out = self.student(tf.concat([x, unlabeled["strong"]], axis=0), training=True)
       y_pred = {key: value[:batch] for key, value in out.items()}
       supervised = self._compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-      per_image = self.unlabeled_loss.call(targets, out["heatmaps"][batch:])
+      per_image = self.unlabeled_per_image(targets, out["heatmaps"][batch:])
       unlabeled_loss = tf.reduce_mean(per_image * tf.cast(keep, per_image.dtype))
       loss = supervised + weight * unlabeled_loss
       self._loss_tracker.update_state(loss, sample_weight=batch)

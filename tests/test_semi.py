@@ -120,3 +120,20 @@ def test_a_missing_unlabeled_split_is_a_clear_error(phantom_dir, tmp_path):
   spec = helpers.train_spec(phantom_dir, tmp_path / "run", unlabeled_split="unlabeled")
   with pytest.raises(config.ConfigError, match="--unlabeled_split='unlabeled'.*--labeled_list"):
     train.train(spec)
+
+
+@pytest.mark.parametrize("landmarks, fh1_counts", [("all", True), ("symphysis", False)])
+def test_pseudo_landmarks_choose_which_teacher_landmarks_train(landmarks, fh1_counts):
+  spec = helpers.tiny_spec(unlabeled_split="unlabeled", loss="softmax_ce",
+                           pseudo_landmarks=landmarks)
+  model = semi.build(spec, steps_per_epoch=1)
+  cells = spec.model.heatmap_size
+  rng = np.random.default_rng(0)
+  targets = rng.uniform(2, cells - 3, (2, 3, 2)).astype(np.float32)
+  maps = rng.uniform(0.1, 1.0, (2, cells, cells, 3)).astype(np.float32)
+  moved = maps.copy()
+  moved[..., 2] = np.roll(moved[..., 2], 5, axis=1)  # only the FH1 heatmap changes
+  base = model.unlabeled_per_image(targets, maps).numpy()
+  other = model.unlabeled_per_image(targets, moved).numpy()
+  assert np.all(np.isfinite(base))
+  assert (not np.allclose(base, other)) == fh1_counts
