@@ -100,3 +100,22 @@ def test_build_installs_a_measured_ensemble_with_its_card(phantom_dir, tmp_path,
   if flag["n_bad"]:  # the flag catches at least half of the > 10 deg errors
     assert flag["bad_caught_share"] >= 0.5
   assert zoo.flag_min_confidence(str(installed)) == flag["min_confidence"]
+
+
+def test_the_shipped_psfhs_model_measures_the_bundled_examples():
+  import csv  # pylint: disable=import-outside-toplevel
+  import cv2  # pylint: disable=import-outside-toplevel
+  if "psfhs" not in zoo.names():
+    pytest.skip("no shipped psfhs model in aop_tf/models (python -m aop_tf.zoo builds it)")
+  examples = os.path.join(helpers.REPO, "examples", "psfhs")
+  with open(os.path.join(examples, "labels.csv"), newline="") as f:
+    labels = {row["Filename"]: float(row["AoP"]) for row in csv.DictReader(f)}
+  model = predictor_lib.load("psfhs")
+  names = sorted(labels)
+  images = [cv2.imread(os.path.join(examples, n), cv2.IMREAD_GRAYSCALE)[..., None] for n in names]
+  out = model.predict(images)
+  errors = np.abs(out["aop_deg"] - np.array([labels[n] for n in names]))
+  # Observed 1.0-12.5 deg, mean 5.7 (docs/models.md); a broken or swapped file is far off.
+  assert np.all(np.isfinite(out["aop_spread_deg"])) and np.all(out["aop_spread_deg"] >= 0)
+  assert errors.mean() < 8.0, errors
+  assert zoo.card("psfhs")["val"]["mre_512"]["mean"] < 14.0
