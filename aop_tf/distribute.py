@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import tempfile
+import weakref
 
 import keras
 import numpy as np
@@ -162,10 +163,15 @@ def fit(model, dataset, *, epochs, initial_epoch, steps_per_epoch, callbacks, ve
   return model.history
 
 
+_TEST_STEPS = weakref.WeakKeyDictionary()  # model -> its compiled distributed test step
+
+
 def evaluate(model, dataset):
   """`model.evaluate(dataset, return_dict=True)` as a loop over `strategy.run(model.test_step)`."""
   strategy = model.distribute_strategy
-  step = _step_function(strategy, model.test_step)
+  step = _TEST_STEPS.get(model)
+  if step is None:  # traced once per model, not at every validation
+    step = _TEST_STEPS[model] = _step_function(strategy, model.test_step)
   model.reset_metrics()
   logs = {}
   iterator = iter(_distributed(strategy, dataset))

@@ -163,3 +163,19 @@ def test_two_workers_train_checkpoint_and_resume_after_a_worker_is_killed(phanto
   assert codes == [0, 0], chief_log[-3000:]
   assert f"Resuming {model_dir} after epoch {epochs_kept}" in chief_log
   assert _state(model_dir)["epoch"] == 3
+
+
+def test_distributed_evaluation_is_traced_once_per_model():
+  import keras  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+  model.compile(loss="mse")
+  rng = np.random.default_rng(0)
+  data = tf.data.Dataset.from_tensor_slices(
+      (rng.normal(size=(8, 4)).astype("float32"), rng.normal(size=(8, 1)).astype("float32")))
+  first = distribute.evaluate(model, data.batch(4))
+  second = distribute.evaluate(model, data.batch(4))  # the next validation: no new trace
+  assert first == second
+  assert first["loss"] == pytest.approx(model.evaluate(data.batch(4), verbose=0), rel=1e-5)
+  assert distribute._TEST_STEPS[model].experimental_get_tracing_count() == 1  # pylint: disable=protected-access
