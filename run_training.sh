@@ -123,16 +123,17 @@ with open(sys.argv[1], newline="") as f:
   rows = list(csv.DictReader(f))
 print(f"  {'image':<10} {'predicted AoP':>20} {'labelled':>9} {'error':>6}  flag")
 for row in rows:
-  name, aop, spread = os.path.basename(row["filename"]), float(row["aop_deg"]), row["aop_spread_deg"]
+  name, aop = os.path.basename(row["filename"]), float(row["aop_deg"])
+  plus = float(row["aop_uncertainty_deg"])
   label = labelled.get(name, float("nan"))
   flag = "low confidence" if row["low_confidence"] == "1" else ""
-  print(f"  {name:<10} {aop:>9.1f} +/- {float(spread):4.1f} deg {label:>9.1f} {abs(aop - label):>6.1f}"
+  print(f"  {name:<10} {aop:>9.1f} +/- {plus:4.1f} deg {label:>9.1f} {abs(aop - label):>6.1f}"
         f"  {flag}")
 print("  AoP: the angle at PS1 between the pubic symphysis and the tangent to the fetal head;"
-      " > 120 deg\n  predicts a spontaneous vaginal delivery. '+/-' is the spread of the 4 averaged"
-      " models: it\n  shows where they disagree, not the full error (on PSFHS val the mean error is"
-      " 5.7 deg).\n  'low confidence': a heatmap peak below the threshold chosen on val to catch"
-      " half of the\n  > 10 deg errors (it flags about a third of images). See docs/models.md.")
+      " > 120 deg\n  predicts a spontaneous vaginal delivery. '+/-': the RMS AoP error to expect"
+      " (measured on\n  PSFHS val, wider where the 4 averaged models disagree). 'low confidence':"
+      " a heatmap peak\n  below the threshold chosen on val to catch half of the > 10 deg errors"
+      " (it flags about a\n  third of images). See docs/models.md.")
 EOF
 fi
 

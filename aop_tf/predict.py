@@ -4,14 +4,18 @@
       --output=pred.csv [--format=csv|json] [--overlay_dir=overlays] [--min_confidence=0.3]
 
 `--model` is a SavedModel folder (`saved_models/<name>`, run through its `serve_images`
-signature), a `.tflite` file or a training directory. Prediction = a predictor + image files +
+signature), a `.tflite` file, a training directory or a shipped model's name (`psfhs`). Prediction = a predictor + image files +
 writers. Images (PNG, JPEG, BMP, GIF; gray, gray + alpha, RGB, RGBA, CMYK
 JPEG, 8 or 16 bits; 1x1 up to `--max_pixels`) are read and decoded by a thread pool, batched by
 size, and predicted; points are `(x, y)` in each image's own pixels. Files that cannot be read or
 decoded, or that declare more pixels than `--max_pixels` in their header, are reported by name,
 counted and skipped: every input is either a row of the output or a failure. A row whose AoP is
 undefined (PS1 predicted on PS2 or FH1) has `aop_deg` NaN and `degenerate` 1; rows with a low (or
-undefined) heatmap peak or a degenerate AoP are flagged `low_confidence`.
+undefined) heatmap peak or a degenerate AoP are flagged `low_confidence` (below the threshold in
+the model's `model_card.json` where it has one: `aop_tf.zoo`). An ensemble also gives
+`aop_spread_deg`, the spread of its members' AoPs, and `aop_uncertainty_deg`:
+`sqrt(spread^2 + floor^2)` with the floor its card measured on val (the spread alone sees only where
+the members disagree), written on overlays as "118.2 +/- 7.4 deg".
 
 `--format=pseudo` writes pseudo-labels for self-training: the IUGC columns `Filename,PS1,PS2,FH1`
 (file names relative to the inputs' common folder, printed), the AoP, the lowest peak and the
@@ -152,7 +156,7 @@ def read_image(path, max_pixels=image_files.MAX_PIXELS, reduce_pixels=REDUCE_PIX
   return image, (image.shape[1], image.shape[0])
 
 
-def _records(paths, images, sizes, out, min_confidence):
+def _records(paths, images, sizes, out, min_confidence, uncertainty_floor=None):
   """Rows of the outputs; landmarks of reduced images (`read_image`) go back to the original."""
   rows = []
   for i, path in enumerate(paths):
@@ -168,8 +172,9 @@ def _records(paths, images, sizes, out, min_confidence):
       row[f"{name}_x"] = float(landmarks[k, 0])
       row[f"{name}_y"] = float(landmarks[k, 1])
     row["aop_deg"] = aop
-    spread = out.get("aop_spread_deg")  # an ensemble's uncertainty; NaN for one model
+    spread = out.get("aop_spread_deg")  # an ensemble's members' spread; NaN for one model
     row["aop_spread_deg"] = float(spread[i]) if spread is not None else math.nan
+    row["aop_uncertainty_deg"] = zoo.aop_uncertainty_deg(row["aop_spread_deg"], uncertainty_floor)
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"{name}_confidence"] = float(out["confidence"][i, k])
     degenerate = not math.isfinite(row["aop_deg"])
@@ -182,7 +187,7 @@ def _records(paths, images, sizes, out, min_confidence):
 
 
 def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3, progress=True,
-                  on_batch=None, max_pixels=image_files.MAX_PIXELS):
+                  on_batch=None, max_pixels=image_files.MAX_PIXELS, uncertainty_floor=None):
   """Predicts every file; unreadable ones are skipped and reported, never abort the run.
 
   Args:
@@ -195,6 +200,8 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
     progress: show a tqdm bar.
     on_batch: optional `on_batch(paths, images, outputs)` (e.g. overlays).
     max_pixels: files whose header declares more pixels are skipped (0: no limit).
+    uncertainty_floor: degrees; `aop_uncertainty_deg` = sqrt(spread^2 + floor^2) (the model
+      card's `uncertainty.floor_deg`); None: the spread alone.
 
   Returns:
     (rows: list of dicts in `paths` order, failures: list of (path, reason));
@@ -232,7 +239,7 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
         ok_paths, ok_images, out = _predict_batch(model, good_paths, images, failures)
         if ok_paths:
           rows.extend(_records(ok_paths, ok_images, [sizes.pop(p) for p in ok_paths], out,
-                               min_confidence))
+                               min_confidence, uncertainty_floor))
           if on_batch is not None:
             on_batch(ok_paths, ok_images, out)
       bar.update(len(batch_paths))
@@ -262,10 +269,12 @@ def _predict_batch(model, paths, images, failures):
 
 
 def write_csv(path, rows):
-  """One row per image: filename, PS1_x, PS1_y, ..., aop_deg, aop_spread_deg, PS1_confidence, ...,
-  low_confidence, degenerate (1/0); coordinates in each image's pixels, 3 decimals; NaN as nan."""
+  """One row per image: filename, PS1_x, PS1_y, ..., aop_deg, aop_spread_deg,
+  aop_uncertainty_deg, PS1_confidence, ..., low_confidence, degenerate (1/0); coordinates in each
+  image's pixels, 3 decimals; NaN as nan."""
   columns = (["filename"] + [f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y")] +
-             ["aop_deg", "aop_spread_deg"] + [f"{n}_confidence" for n in LANDMARK_NAMES] +
+             ["aop_deg", "aop_spread_deg", "aop_uncertainty_deg"] +
+             [f"{n}_confidence" for n in LANDMARK_NAMES] +
              ["low_confidence", "degenerate"])
   _ensure_parent(path)
   with open(path, "w", newline="") as f:
@@ -343,8 +352,9 @@ def _ensure_parent(path):
   os.makedirs(folder, exist_ok=True)
 
 
-def overlay_writer(overlay_dir, common_root=None):
-  """`on_batch` callback writing `<overlay_dir>/<relative path>.png` overlays of the predictions."""
+def overlay_writer(overlay_dir, common_root=None, uncertainty_floor=None):
+  """`on_batch` callback writing `<overlay_dir>/<relative path>.png` overlays of the predictions,
+  the AoP written with its uncertainty (`zoo.aop_uncertainty_deg`) where there is one."""
   from aop_tf import visualize
 
   def name_for(path):
@@ -362,7 +372,8 @@ def overlay_writer(overlay_dir, common_root=None):
       try:
         rgb = visualize.overlay(image, pred=out["landmarks"][i],
                                 aop_pred=float(out["aop_deg"][i]),
-                                aop_pred_spread=float(spreads[i]),
+                                aop_pred_spread=zoo.aop_uncertainty_deg(float(spreads[i]),
+                                                                        uncertainty_floor),
                                 title=os.path.basename(path),
                                 min_size=min_size)
         visualize.save_png(name_for(path), rgb)
@@ -447,16 +458,17 @@ def main(argv):
   bfloat16 = predictor_lib.native_bfloat16() if FLAGS.bfloat16 is None else FLAGS.bfloat16
   model = predictor_lib.load(FLAGS.model, bfloat16=bfloat16, num_threads=FLAGS.num_threads,
                              num_interpreters=interpreters, trust_model=FLAGS.trust_model)
+  min_confidence = (zoo.flag_min_confidence(FLAGS.model) if FLAGS.min_confidence is None
+                    else FLAGS.min_confidence)
+  uncertainty_floor = zoo.uncertainty_floor_deg(FLAGS.model)
   on_batch = None
   if FLAGS.overlay_dir:
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    on_batch = overlay_writer(FLAGS.overlay_dir, root)
+    on_batch = overlay_writer(FLAGS.overlay_dir, root, uncertainty_floor)
   start = time.perf_counter()
-  min_confidence = (zoo.flag_min_confidence(FLAGS.model) if FLAGS.min_confidence is None
-                    else FLAGS.min_confidence)
   rows, failures = predict_files(model, paths, FLAGS.batch_size, FLAGS.num_workers,
                                  min_confidence, on_batch=on_batch,
-                                 max_pixels=FLAGS.max_pixels)
+                                 max_pixels=FLAGS.max_pixels, uncertainty_floor=uncertainty_floor)
   seconds = time.perf_counter() - start
   if fmt == "json":
     write_json(FLAGS.output, rows, failures, FLAGS.model)

@@ -57,6 +57,20 @@ def flag_min_confidence(model, default=0.3):
   return default if value is None else float(value)
 
 
+def uncertainty_floor_deg(model):
+  """The floor of the AoP uncertainty in the model's card (`measure`), or None."""
+  return card_of(model).get("uncertainty", {}).get("floor_deg")
+
+
+def aop_uncertainty_deg(spread_deg, floor_deg):
+  """The AoP uncertainty predict reports, degrees: `sqrt(spread^2 + floor^2)` with the floor of
+  the model's card; the spread alone without one (NaN for one model without a card)."""
+  if floor_deg is None:
+    return spread_deg
+  spread = spread_deg if math.isfinite(spread_deg) else 0.0
+  return math.sqrt(spread * spread + floor_deg * floor_deg)
+
+
 # ---------------------------------------------------------------------------------------------
 # Building a shipped model: python -m aop_tf.zoo --name=psfhs --members=runs/a,runs/b,...
 
@@ -78,8 +92,9 @@ def _member_record(folder, checkpoint):
           "unlabeled_split": spec.semi.unlabeled_split or None}
 
 
-def _val_section(report_dir):
-  """The card's val metrics and flag threshold from an `aop_tf.evaluate` output folder."""
+def _sections(report_dir):
+  """The card's `val`, `flag` and `uncertainty` sections from an `aop_tf.evaluate` output folder
+  of the installed file."""
   import csv  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from aop_tf import metrics  # pylint: disable=import-outside-toplevel
@@ -87,9 +102,10 @@ def _val_section(report_dir):
     report = json.load(f)
   with open(os.path.join(report_dir, "per_image.csv"), newline="") as f:
     rows = list(csv.DictReader(f))
-  errors = np.array([float(r["aop_error_deg"] or "nan") for r in rows])
-  lowest = np.array([min(float(r[f"conf_{n}"] or "nan") for n in ("PS1", "PS2", "FH1"))
-                     for r in rows])
+  def column(key):
+    return np.array([float(r[key] or "nan") for r in rows])
+  errors, spreads = column("aop_error_deg"), column("aop_spread_deg")
+  lowest = np.min(np.stack([column(f"conf_{n}") for n in ("PS1", "PS2", "FH1")]), axis=0)
   bad = errors > BAD_AOP_DEG
   # The flag: lowest peak confidence below a threshold; chosen here, on val, so that it catches
   # at least half of the > 10 deg AoP errors (scores: 1 - confidence, higher = more suspect).
@@ -99,39 +115,65 @@ def _val_section(report_dir):
           if min_confidence is not None else {})
   flag.pop("threshold", None)
   auroc = metrics.auroc(1.0 - lowest, bad)
-  return {
+  val = {
       "split": "PSFHS val (200 images, 256x256; other subjects than train)",
       "mre_512": report["mre_512"], "mre_px": report["mre_px"],
       "aop_error_deg": report["aop_error_deg"], "aop_agreement_120": report["aop_agreement_120"],
       "inference_ms_per_image_batch16": report["inference_ms_per_image"],
-  }, dict(flag, min_confidence=min_confidence,
-          auroc_min_confidence=auroc if math.isfinite(auroc) else None,
-          chosen_on="PSFHS val, the split it is reported on")
+  }
+  flag = dict(flag, min_confidence=min_confidence,
+              auroc_min_confidence=auroc if math.isfinite(auroc) else None,
+              chosen_on="PSFHS val, the split it is reported on")
+  # The AoP uncertainty predict reports: sqrt(spread^2 + floor^2), the floor making its mean
+  # square equal the mean squared AoP error on val (the members' spread alone sees only the part
+  # of the error where they disagree).
+  ok = np.isfinite(errors) & np.isfinite(spreads)
+  floor = (float(np.sqrt(max(0.0, np.mean(errors[ok] ** 2) - np.mean(spreads[ok] ** 2))))
+           if ok.any() else None)
+  uncertainty = {"floor_deg": floor, "rule": "sqrt(aop_spread_deg^2 + floor_deg^2)",
+                 "rms_aop_error_deg": float(np.sqrt(np.mean(errors[ok] ** 2))) if ok.any() else None,
+                 "median_spread_deg": float(np.median(spreads[ok])) if ok.any() else None,
+                 "chosen_on": "PSFHS val, the split it is reported on"}
+  return val, flag, uncertainty
+
+
+def measure(name, data_dir, root=None, work_dir="runs"):
+  """Evaluates the installed `<root>/<name>/model.tflite` on `data_dir`'s val split and rewrites
+  its card's `val`, `flag` and `uncertainty` sections. Returns the card."""
+  from aop_tf import evaluate  # pylint: disable=import-outside-toplevel
+  target = os.path.join(root or ROOT, name)
+  eval_dir = os.path.join(work_dir, f"zoo_{name}", "eval_val_shipped")
+  evaluate.evaluate(os.path.join(target, "model.tflite"), data_dir=data_dir, split="val",
+                    output_dir=eval_dir, overlays=0, progress=False, verbose=False)
+  card = card_of(target)
+  card["val"], card["flag"], card["uncertainty"] = _sections(eval_dir)
+  with open(os.path.join(target, CARD_FILE), "w") as f:
+    json.dump(card, f, indent=2, sort_keys=False)
+    f.write("\n")
+  print(f"[zoo] {target}: val MRE {card['val']['mre_512']['mean']:.2f} px (512 space), AoP "
+        f"error {card['val']['aop_error_deg']['mean']:.2f} deg; flag below confidence "
+        f"{card['flag'].get('min_confidence')}; AoP uncertainty floor "
+        f"{card['uncertainty']['floor_deg']:.2f} deg", flush=True)
+  return card
 
 
 def build(name, members, data_dir, checkpoint="latest", work_dir="runs", root=None,
           command=None):
   """Averages `members` (training directories), exports the ensemble as int8 TFLite calibrated
-  on `data_dir`'s train split, measures the exported file on its val split, and installs
-  `model.tflite`, `export_info.json` and `model_card.json` in `<root>/<name>/`.
+  on `data_dir`'s train split, installs `model.tflite`, `export_info.json` and `model_card.json`
+  in `<root>/<name>/`, and `measure`s the installed file on the val split.
 
   Returns the card (dict).
   """
   import shutil  # pylint: disable=import-outside-toplevel
-  from aop_tf import ensemble, evaluate, export  # pylint: disable=import-outside-toplevel
+  from aop_tf import ensemble, export  # pylint: disable=import-outside-toplevel
   root = root or ROOT
   run_dir = os.path.join(work_dir, f"zoo_{name}")
   export_dir = os.path.join("saved_models", f"zoo_{name}")
-  print(f"[zoo] 1/4 averaging {len(members)} runs -> {run_dir}", flush=True)
+  print(f"[zoo] 1/3 averaging {len(members)} runs -> {run_dir}", flush=True)
   ensemble.build(members, run_dir, checkpoint)
-  print(f"[zoo] 2/4 exporting int8 TFLite -> {export_dir}", flush=True)
+  print(f"[zoo] 2/3 exporting int8 TFLite -> {export_dir}", flush=True)
   info = export.export_model_dir(run_dir, export_dir, quantize="int8", calibration_data=data_dir)
-  tflite = os.path.join(export_dir, "model.tflite")
-  print("[zoo] 3/4 measuring the exported file on val", flush=True)
-  eval_dir = os.path.join(run_dir, "eval_val_shipped")
-  evaluate.evaluate(tflite, data_dir=data_dir, split="val", output_dir=eval_dir, overlays=0,
-                    progress=False, verbose=False)
-  val, flag = _val_section(eval_dir)
   card = {
       "name": name,
       "summary": (f"An average of {len(members)} cpu.cfg U-Nets (heatmaps averaged before one "
@@ -147,8 +189,6 @@ def build(name, members, data_dir, checkpoint="latest", work_dir="runs", root=No
                  "calibration_images": info["calibration_images"],
                  "tflite_bytes": info["tflite"]["bytes"],
                  "tflite_drift_real_images": info["verification"].get("tflite_real")},
-      "val": val,
-      "flag": flag,
   }
   target = os.path.join(root, name)
   os.makedirs(target, exist_ok=True)
@@ -156,11 +196,8 @@ def build(name, members, data_dir, checkpoint="latest", work_dir="runs", root=No
     shutil.copyfile(os.path.join(export_dir, file), os.path.join(target, file))
   with open(os.path.join(target, CARD_FILE), "w") as f:
     json.dump(card, f, indent=2, sort_keys=False)
-    f.write("\n")
-  print(f"[zoo] 4/4 installed {target}: val MRE {val['mre_512']['mean']:.2f} px (512 space), "
-        f"AoP error {val['aop_error_deg']['mean']:.2f} deg; flag below confidence "
-        f"{flag.get('min_confidence')}", flush=True)
-  return card
+  print(f"[zoo] 3/3 installed {target}; measuring it on val", flush=True)
+  return measure(name, data_dir, root, work_dir)
 
 
 def main(argv):
@@ -169,6 +206,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO.
+  if FLAGS.measure_only:
+    measure(FLAGS.name, FLAGS.data_dir)
+    return 0
   if len(FLAGS.members) < 2:
     raise app.UsageError("--members needs two or more training directories.")
   build(FLAGS.name, FLAGS.members, FLAGS.data_dir, FLAGS.checkpoint,
@@ -185,5 +225,7 @@ if __name__ == "__main__":
                       "its val split measures the exported file.")
   flags.DEFINE_string("checkpoint", "latest", "Each member's checkpoint (latest: the final "
                       "epoch, not picked on val).")
+  flags.DEFINE_bool("measure_only", False, "Only measure the installed model on val again and "
+                    "rewrite its card's val, flag and uncertainty sections.")
   FLAGS = flags.FLAGS
   cli.run(main, "zoo")

@@ -163,8 +163,8 @@ def test_cli_csv_json_and_overlays(setup, tmp_path, entry_points):
     rows = list(csv.DictReader(f))
   assert len(rows) == len(setup["good"])
   assert list(rows[0]) == (["filename", "PS1_x", "PS1_y", "PS2_x", "PS2_y", "FH1_x", "FH1_y",
-                            "aop_deg", "aop_spread_deg", "PS1_confidence", "PS2_confidence",
-                            "FH1_confidence", "low_confidence", "degenerate"])
+                            "aop_deg", "aop_spread_deg", "aop_uncertainty_deg", "PS1_confidence",
+                            "PS2_confidence", "FH1_confidence", "low_confidence", "degenerate"])
   assert "2 skipped" in stdout
   assert "broken.png" in stderr and "empty.png" in stderr
   overlays = sorted(os.listdir(tmp_path / "overlays"))

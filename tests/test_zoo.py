@@ -100,6 +100,15 @@ def test_build_installs_a_measured_ensemble_with_its_card(phantom_dir, tmp_path,
   if flag["n_bad"]:  # the flag catches at least half of the > 10 deg errors
     assert flag["bad_caught_share"] >= 0.5
   assert zoo.flag_min_confidence(str(installed)) == flag["min_confidence"]
+  # The uncertainty floor makes sqrt(spread^2 + floor^2) match the val AoP errors in mean square.
+  import csv  # pylint: disable=import-outside-toplevel
+  with open(tmp_path / "runs" / "zoo_twin" / "eval_val_shipped" / "per_image.csv") as f:
+    rows = list(csv.DictReader(f))
+  errors = np.array([float(r["aop_error_deg"]) for r in rows])
+  spreads = np.array([float(r["aop_spread_deg"]) for r in rows])
+  floor = zoo.uncertainty_floor_deg(str(installed))
+  if np.mean(errors ** 2) > np.mean(spreads ** 2):
+    assert np.mean(spreads ** 2 + floor ** 2) == pytest.approx(np.mean(errors ** 2), rel=1e-4)
 
 
 def test_the_shipped_psfhs_model_measures_the_bundled_examples():
@@ -119,3 +128,9 @@ def test_the_shipped_psfhs_model_measures_the_bundled_examples():
   assert np.all(np.isfinite(out["aop_spread_deg"])) and np.all(out["aop_spread_deg"] >= 0)
   assert errors.mean() < 8.0, errors
   assert zoo.card("psfhs")["val"]["mre_512"]["mean"] < 14.0
+
+
+def test_the_aop_uncertainty_adds_the_cards_floor_to_the_spread():
+  assert zoo.aop_uncertainty_deg(3.0, 4.0) == pytest.approx(5.0)
+  assert zoo.aop_uncertainty_deg(float("nan"), 4.0) == pytest.approx(4.0)  # one model
+  assert zoo.aop_uncertainty_deg(1.5, None) == 1.5  # no card: the spread alone
