@@ -12,6 +12,7 @@ Measures, on the installed `aop_tf/models/<name>/model.tflite`:
   (their `eval_val_latest_heatmap/per_image.csv`, written by `benchmarks.accuracy`), i.e. how much
   of the error every member shares and no disagreement between them can see.
 
+`--compare_tflite` times other exports of the same ensemble beside it (latency per format).
 Writes `benchmarks/results/shipped_<name>.json`, `shipped_<name>_reliability.png` and, with
 `--worst_png`, a montage of the worst val cases (docs/models.md shows it).
 """
@@ -19,6 +20,7 @@ Writes `benchmarks/results/shipped_<name>.json`, `shipped_<name>_reliability.png
 import csv
 import os
 import statistics
+import sys
 import time
 
 from absl import app
@@ -38,6 +40,8 @@ flags.DEFINE_string("runs_dir", os.path.join(REPO_ROOT, "runs"), "Where the memb
 flags.DEFINE_integer("worst", 6, "Worst val cases (by AoP error) in the montage.")
 flags.DEFINE_string("worst_png", None, "Write the worst cases' montage here (e.g. "
                     "docs/models_worst_cases.png).")
+flags.DEFINE_list("compare_tflite", [], "Other TFLite files of the same model to time beside "
+                  "it (e.g. the float32 and dynamic-range exports of runs/zoo_psfhs).")
 flags.DEFINE_integer("bootstrap", 2000, "Bootstrap resamples for the AUROC intervals.")
 FLAGS = flags.FLAGS
 
@@ -209,13 +213,15 @@ def main(argv):
   result = {
       "model": FLAGS.model, "file": os.path.relpath(tflite, REPO_ROOT),
       "tflite_bytes": os.path.getsize(tflite),
-      "command": "python -m benchmarks.shipped" + (
-          f" --worst_png={FLAGS.worst_png}" if FLAGS.worst_png else ""),
+      "command": " ".join(["python -m benchmarks.shipped"] + sys.argv[1:]),
       "val": {k: report[k] for k in ("n_images", "mre_px", "mre_512", "mae_512", "sdr_512",
                                      "aop_error_deg", "aop_agreement_120",
                                      "aop_error_by_landmark_deg")},
       "aop_by_side_of_120": side_of_120(rows),
       "latency_batch1": latency(tflite, images),
+      "latency_batch1_compared": {os.path.relpath(path, REPO_ROOT): dict(
+          latency(path, images), tflite_bytes=os.path.getsize(path))
+                                  for path in FLAGS.compare_tflite},
       "confidence": confidence(rows, card.get("flag", {}), FLAGS.bootstrap),
       "member_error_correlation": member_error_correlation(FLAGS.runs_dir,
                                                            card.get("members", []), rows),
