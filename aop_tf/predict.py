@@ -156,7 +156,7 @@ def read_image(path, max_pixels=image_files.MAX_PIXELS, reduce_pixels=REDUCE_PIX
   return image, (image.shape[1], image.shape[0])
 
 
-def _records(paths, images, sizes, out, min_confidence, uncertainty_floor=None):
+def _records(paths, images, sizes, out, min_confidence):
   """Rows of the outputs; landmarks of reduced images (`read_image`) go back to the original."""
   rows = []
   for i, path in enumerate(paths):
@@ -172,9 +172,8 @@ def _records(paths, images, sizes, out, min_confidence, uncertainty_floor=None):
       row[f"{name}_x"] = float(landmarks[k, 0])
       row[f"{name}_y"] = float(landmarks[k, 1])
     row["aop_deg"] = aop
-    spread = out.get("aop_spread_deg")  # an ensemble's members' spread; NaN for one model
-    row["aop_spread_deg"] = float(spread[i]) if spread is not None else math.nan
-    row["aop_uncertainty_deg"] = zoo.aop_uncertainty_deg(row["aop_spread_deg"], uncertainty_floor)
+    row["aop_spread_deg"] = float(out["aop_spread_deg"][i])  # NaN for one model
+    row["aop_uncertainty_deg"] = float(out["aop_uncertainty_deg"][i])
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"{name}_confidence"] = float(out["confidence"][i, k])
     degenerate = not math.isfinite(row["aop_deg"])
@@ -198,7 +197,8 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
     min_confidence: rows whose lowest peak is below this (or not finite, or whose AoP is
       undefined) get `low_confidence` True.
     progress: show a tqdm bar.
-    on_batch: optional `on_batch(paths, images, outputs)` (e.g. overlays).
+    on_batch: optional `on_batch(paths, images, outputs)` (e.g. overlays); `outputs` are the
+      predictor's plus `aop_uncertainty_deg`.
     max_pixels: files whose header declares more pixels are skipped (0: no limit).
     uncertainty_floor: degrees; `aop_uncertainty_deg` = sqrt(spread^2 + floor^2) (the model
       card's `uncertainty.floor_deg`); None: the spread alone.
@@ -238,8 +238,13 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
       if images:
         ok_paths, ok_images, out = _predict_batch(model, good_paths, images, failures)
         if ok_paths:
+          # A single model (or a stand-in predictor) has no spread: NaN.
+          spreads = out.get("aop_spread_deg", np.full(len(ok_paths), np.nan, np.float32))
+          out["aop_spread_deg"] = spreads
+          out["aop_uncertainty_deg"] = np.array(
+              [zoo.aop_uncertainty_deg(float(s), uncertainty_floor) for s in spreads], np.float32)
           rows.extend(_records(ok_paths, ok_images, [sizes.pop(p) for p in ok_paths], out,
-                               min_confidence, uncertainty_floor))
+                               min_confidence))
           if on_batch is not None:
             on_batch(ok_paths, ok_images, out)
       bar.update(len(batch_paths))
@@ -352,9 +357,10 @@ def _ensure_parent(path):
   os.makedirs(folder, exist_ok=True)
 
 
-def overlay_writer(overlay_dir, common_root=None, uncertainty_floor=None):
+def overlay_writer(overlay_dir, common_root=None):
   """`on_batch` callback writing `<overlay_dir>/<relative path>.png` overlays of the predictions,
-  the AoP written with its uncertainty (`zoo.aop_uncertainty_deg`) where there is one."""
+  the AoP written with its uncertainty (`aop_uncertainty_deg` of `predict_files`) where there is
+  one."""
   from aop_tf import visualize
 
   def name_for(path):
@@ -364,7 +370,7 @@ def overlay_writer(overlay_dir, common_root=None, uncertainty_floor=None):
     return os.path.join(overlay_dir, stem + ".png")
 
   def on_batch(paths, images, out):
-    spreads = out.get("aop_spread_deg", [math.nan] * len(paths))
+    plus = out.get("aop_uncertainty_deg", [math.nan] * len(paths))
     for i, (path, image) in enumerate(zip(paths, images)):
       height, width = image.shape[:2]
       # Upscale small images to 512 px, but keep the canvas of a thin strip (e.g. 1x10000) small.
@@ -372,8 +378,7 @@ def overlay_writer(overlay_dir, common_root=None, uncertainty_floor=None):
       try:
         rgb = visualize.overlay(image, pred=out["landmarks"][i],
                                 aop_pred=float(out["aop_deg"][i]),
-                                aop_pred_spread=zoo.aop_uncertainty_deg(float(spreads[i]),
-                                                                        uncertainty_floor),
+                                aop_pred_spread=float(plus[i]),
                                 title=os.path.basename(path),
                                 min_size=min_size)
         visualize.save_png(name_for(path), rgb)
@@ -464,7 +469,7 @@ def main(argv):
   on_batch = None
   if FLAGS.overlay_dir:
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    on_batch = overlay_writer(FLAGS.overlay_dir, root, uncertainty_floor)
+    on_batch = overlay_writer(FLAGS.overlay_dir, root)
   start = time.perf_counter()
   rows, failures = predict_files(model, paths, FLAGS.batch_size, FLAGS.num_workers,
                                  min_confidence, on_batch=on_batch,
