@@ -139,6 +139,18 @@ def write_csv(path, rows):
   os.replace(tmp, path)
 
 
+def read_per_image(path):
+  """`per_image.csv` back as columns: `filename` a list of str, every other column float64 [N]
+  (empty cells, i.e. NaN, as NaN)."""
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  columns = {"filename": [row["filename"] for row in rows]}
+  for key in (rows[0] if rows else ()):
+    if key != "filename":
+      columns[key] = np.array([float(row[key]) if row[key] != "" else np.nan for row in rows])
+  return columns
+
+
 def _overlay_name(index, filename):
   stem = os.path.splitext(filename.replace("\\", "/"))[0].replace("/", "__")
   return f"{index:04d}_{stem}"

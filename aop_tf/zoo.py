@@ -95,17 +95,13 @@ def _member_record(folder, checkpoint):
 def _sections(report_dir):
   """The card's `val`, `flag` and `uncertainty` sections from an `aop_tf.evaluate` output folder
   of the installed file."""
-  import csv  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from aop_tf import metrics  # pylint: disable=import-outside-toplevel
-  with open(os.path.join(report_dir, "report.json")) as f:
-    report = json.load(f)
-  with open(os.path.join(report_dir, "per_image.csv"), newline="") as f:
-    rows = list(csv.DictReader(f))
-  def column(key):
-    return np.array([float(r[key] or "nan") for r in rows])
-  errors, spreads = column("aop_error_deg"), column("aop_spread_deg")
-  lowest = np.min(np.stack([column(f"conf_{n}") for n in ("PS1", "PS2", "FH1")]), axis=0)
+  from aop_tf import evaluate, metrics  # pylint: disable=import-outside-toplevel
+  from aop_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
+  report = model_dir_lib.read_json(os.path.join(report_dir, evaluate.REPORT_FILE))
+  columns = evaluate.read_per_image(os.path.join(report_dir, evaluate.PER_IMAGE_FILE))
+  errors, spreads = columns["aop_error_deg"], columns["aop_spread_deg"]
+  lowest = np.min(np.stack([columns[f"conf_{n}"] for n in ("PS1", "PS2", "FH1")]), axis=0)
   bad = errors > BAD_AOP_DEG
   # The flag: lowest peak confidence below a threshold; chosen here, on val, so that it catches
   # at least half of the > 10 deg AoP errors (scores: 1 - confidence, higher = more suspect).
@@ -141,15 +137,14 @@ def measure(name, data_dir, root=None, work_dir="runs"):
   """Evaluates the installed `<root>/<name>/model.tflite` on `data_dir`'s val split and rewrites
   its card's `val`, `flag` and `uncertainty` sections. Returns the card."""
   from aop_tf import evaluate  # pylint: disable=import-outside-toplevel
+  from aop_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   target = os.path.join(root or ROOT, name)
   eval_dir = os.path.join(work_dir, f"zoo_{name}", "eval_val_shipped")
   evaluate.evaluate(os.path.join(target, "model.tflite"), data_dir=data_dir, split="val",
                     output_dir=eval_dir, overlays=0, progress=False, verbose=False)
   card = card_of(target)
   card["val"], card["flag"], card["uncertainty"] = _sections(eval_dir)
-  with open(os.path.join(target, CARD_FILE), "w") as f:
-    json.dump(card, f, indent=2, sort_keys=False)
-    f.write("\n")
+  model_dir_lib.write_json(os.path.join(target, CARD_FILE), card)
   print(f"[zoo] {target}: val MRE {card['val']['mre_512']['mean']:.2f} px (512 space), AoP "
         f"error {card['val']['aop_error_deg']['mean']:.2f} deg; flag below confidence "
         f"{card['flag'].get('min_confidence')}; AoP uncertainty floor "
@@ -167,6 +162,7 @@ def build(name, members, data_dir, checkpoint="latest", work_dir="runs", root=No
   """
   import shutil  # pylint: disable=import-outside-toplevel
   from aop_tf import ensemble, export  # pylint: disable=import-outside-toplevel
+  from aop_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   root = root or ROOT
   run_dir = os.path.join(work_dir, f"zoo_{name}")
   export_dir = os.path.join("saved_models", f"zoo_{name}")
@@ -194,8 +190,7 @@ def build(name, members, data_dir, checkpoint="latest", work_dir="runs", root=No
   os.makedirs(target, exist_ok=True)
   for file in ("model.tflite", "export_info.json"):
     shutil.copyfile(os.path.join(export_dir, file), os.path.join(target, file))
-  with open(os.path.join(target, CARD_FILE), "w") as f:
-    json.dump(card, f, indent=2, sort_keys=False)
+  model_dir_lib.write_json(os.path.join(target, CARD_FILE), card)
   print(f"[zoo] 3/3 installed {target}; measuring it on val", flush=True)
   return measure(name, data_dir, root, work_dir)
 

@@ -17,7 +17,6 @@ Writes `benchmarks/results/shipped_<name>.json`, `shipped_<name>_reliability.png
 `--worst_png`, a montage of the worst val cases (docs/models.md shows it).
 """
 
-import csv
 import os
 import statistics
 import sys
@@ -46,18 +45,10 @@ flags.DEFINE_integer("bootstrap", 2000, "Bootstrap resamples for the AUROC inter
 FLAGS = flags.FLAGS
 
 
-def _read_rows(path):
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
-
-
-def _col(rows, key):
-  return np.array([float(r[key]) if r[key] != "" else np.nan for r in rows])
-
-
-def side_of_120(rows):
-  """AoP error and agreement for images whose labelled AoP is below / at or above 120 deg."""
-  gt, pred, err = _col(rows, "aop_gt_deg"), _col(rows, "aop_pred_deg"), _col(rows, "aop_error_deg")
+def side_of_120(columns):
+  """AoP error and agreement for images whose labelled AoP is below / at or above 120 deg
+  (`columns`: `evaluate.read_per_image`)."""
+  gt, pred, err = columns["aop_gt_deg"], columns["aop_pred_deg"], columns["aop_error_deg"]
   out = {}
   for name, mask in (("below_120", gt < 120), ("at_or_above_120", gt >= 120)):
     same = (pred[mask] >= 120) == (gt[mask] >= 120)
@@ -88,16 +79,16 @@ def latency(tflite, images, rounds=3):
   return out
 
 
-def confidence(rows, card_flag, n_boot, seed=0):
+def confidence(columns, card_flag, n_boot, seed=0):
   """AUROC (with bootstrap 95 % interval) of each score, the card's flag, reliability bins."""
   from aop_tf import metrics  # pylint: disable=import-outside-toplevel
-  err = _col(rows, "aop_error_deg")
-  lowest = np.min(np.stack([_col(rows, f"conf_{n}") for n in ("PS1", "PS2", "FH1")]), axis=0)
-  scores = {"aop_spread_deg": _col(rows, "aop_spread_deg"), "one_minus_min_confidence": 1 - lowest,
-            "one_minus_fh1_confidence": 1 - _col(rows, "conf_FH1")}
+  err = columns["aop_error_deg"]
+  lowest = np.min(np.stack([columns[f"conf_{n}"] for n in ("PS1", "PS2", "FH1")]), axis=0)
+  scores = {"aop_spread_deg": columns["aop_spread_deg"], "one_minus_min_confidence": 1 - lowest,
+            "one_minus_fh1_confidence": 1 - columns["conf_FH1"]}
   bad = err > BAD_DEG
   rng = np.random.default_rng(seed)
-  out = {"n_images": len(rows), "n_bad": int(bad.sum()), "bad_deg": BAD_DEG, "scores": {}}
+  out = {"n_images": len(err), "n_bad": int(bad.sum()), "bad_deg": BAD_DEG, "scores": {}}
   for name, score in scores.items():
     boots = []
     for _ in range(n_boot):
@@ -122,18 +113,20 @@ def confidence(rows, card_flag, n_boot, seed=0):
   return out
 
 
-def member_error_correlation(runs_dir, members, gt_rows):
-  """Signed AoP errors of each member run on val: their correlations and the shared part."""
+def member_error_correlation(runs_dir, members, shipped):
+  """Signed AoP errors of each member run on val: their correlations and the shared part
+  (`shipped`: the shipped file's `evaluate.read_per_image` columns)."""
+  from aop_tf import evaluate  # pylint: disable=import-outside-toplevel
   signed = []
-  gt = _col(gt_rows, "aop_gt_deg")
+  gt = shipped["aop_gt_deg"]
   for member in members:
     path = os.path.join(runs_dir, member["run"], "eval_val_latest_heatmap", "per_image.csv")
     if not os.path.isfile(path):
       return {"skipped": f"{path} not found (python -m benchmarks.accuracy writes it)"}
-    rows = _read_rows(path)
-    if [r["filename"] for r in rows] != [r["filename"] for r in gt_rows]:
+    columns = evaluate.read_per_image(path)
+    if columns["filename"] != shipped["filename"]:
       return {"skipped": f"{path} holds other images"}
-    signed.append(_col(rows, "aop_pred_deg") - gt)
+    signed.append(columns["aop_pred_deg"] - gt)
   signed = np.stack(signed)
   corr = np.corrcoef(signed)
   shared = signed.mean(axis=0)
@@ -208,7 +201,7 @@ def main(argv):
   report = evaluate.evaluate(tflite, data_dir=FLAGS.dataset_dir, split="val", output_dir=eval_dir,
                              overlays=FLAGS.worst, overlay_order="worst", progress=False,
                              verbose=True)
-  rows = _read_rows(os.path.join(eval_dir, evaluate.PER_IMAGE_FILE))
+  columns = evaluate.read_per_image(os.path.join(eval_dir, evaluate.PER_IMAGE_FILE))
   images = [ex["image"] for ex in evaluate.open_source(FLAGS.dataset_dir, "val")]
   result = {
       "model": FLAGS.model, "file": os.path.relpath(tflite, REPO_ROOT),
@@ -217,14 +210,14 @@ def main(argv):
       "val": {k: report[k] for k in ("n_images", "mre_px", "mre_512", "mae_512", "sdr_512",
                                      "aop_error_deg", "aop_agreement_120",
                                      "aop_error_by_landmark_deg")},
-      "aop_by_side_of_120": side_of_120(rows),
+      "aop_by_side_of_120": side_of_120(columns),
       "latency_batch1": latency(tflite, images),
       "latency_batch1_compared": {os.path.relpath(path, REPO_ROOT): dict(
           latency(path, images), tflite_bytes=os.path.getsize(path))
                                   for path in FLAGS.compare_tflite},
-      "confidence": confidence(rows, card.get("flag", {}), FLAGS.bootstrap),
+      "confidence": confidence(columns, card.get("flag", {}), FLAGS.bootstrap),
       "member_error_correlation": member_error_correlation(FLAGS.runs_dir,
-                                                           card.get("members", []), rows),
+                                                           card.get("members", []), columns),
   }
   os.makedirs(RESULTS, exist_ok=True)
   png = os.path.join(RESULTS, f"shipped_{FLAGS.model}_reliability.png")
