@@ -305,7 +305,8 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   flags.DEFINE_string("model", None, "Training directory (config.json + *.keras), exported "
-                      "SavedModel folder (saved_model.pb), .tflite file or shipped model name (psfhs).")
+                      "SavedModel folder (saved_model.pb), .tflite file or shipped model name "
+                      "(psfhs).")
   flags.DEFINE_string("checkpoint", None, "Training directory: which <name>.keras (e.g. "
                       "best_val_mre, latest, epoch_0050); default the first of "
                       f"{', '.join(model_dir_lib.CHECKPOINTS)} that exists.")

@@ -3,9 +3,9 @@
   python -m aop_tf.predict --model=saved_models/smoke --inputs='scans/,more/*.png,one.jpg' \
       --output=pred.csv [--format=csv|json] [--overlay_dir=overlays] [--min_confidence=0.3]
 
-`--model` is a SavedModel folder (`saved_models/<name>`, run through its `serve_images`
-signature), a `.tflite` file, a training directory or a shipped model's name (`psfhs`). Prediction = a predictor + image files +
-writers. Images (PNG, JPEG, BMP, GIF; gray, gray + alpha, RGB, RGBA, CMYK
+`--model` is a SavedModel folder (`saved_models/<name>`, run through its `serve_images` signature),
+a `.tflite` file, a training directory or a shipped model's name (`psfhs`). Prediction = a
+predictor + image files + writers. Images (PNG, JPEG, BMP, GIF; gray, gray + alpha, RGB, RGBA, CMYK
 JPEG, 8 or 16 bits; 1x1 up to `--max_pixels`) are read and decoded by a thread pool, batched by
 size, and predicted; points are `(x, y)` in each image's own pixels. Files that cannot be read or
 decoded, or that declare more pixels than `--max_pixels` in their header, are reported by name,
@@ -13,9 +13,9 @@ counted and skipped: every input is either a row of the output or a failure. A r
 undefined (PS1 predicted on PS2 or FH1) has `aop_deg` NaN and `degenerate` 1; rows with a low (or
 undefined) heatmap peak or a degenerate AoP are flagged `low_confidence` (below the threshold in
 the model's `model_card.json` where it has one: `aop_tf.zoo`). An ensemble also gives
-`aop_spread_deg`, the spread of its members' AoPs, and `aop_uncertainty_deg`:
-`sqrt(spread^2 + floor^2)` with the floor its card measured on val (the spread alone sees only where
-the members disagree), written on overlays as "118.2 +/- 7.4 deg".
+`aop_spread_deg`, the spread of its members' AoPs, and `aop_uncertainty_deg`: `sqrt(spread^2 +
+floor^2)` with the floor its card measured on val (the spread alone sees only where the members
+disagree), written on overlays as "118.2 +/- 7.4 deg".
 
 `--format=pseudo` writes pseudo-labels for self-training: the IUGC columns `Filename,PS1,PS2,FH1`
 (file names relative to the inputs' common folder, printed), the AoP, the lowest peak and the

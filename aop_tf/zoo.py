@@ -126,8 +126,9 @@ def _sections(report_dir):
   ok = np.isfinite(errors) & np.isfinite(spreads)
   floor = (float(np.sqrt(max(0.0, np.mean(errors[ok] ** 2) - np.mean(spreads[ok] ** 2))))
            if ok.any() else None)
+  rms = float(np.sqrt(np.mean(errors[ok] ** 2))) if ok.any() else None
   uncertainty = {"floor_deg": floor, "rule": "sqrt(aop_spread_deg^2 + floor_deg^2)",
-                 "rms_aop_error_deg": float(np.sqrt(np.mean(errors[ok] ** 2))) if ok.any() else None,
+                 "rms_aop_error_deg": rms,
                  "median_spread_deg": float(np.median(spreads[ok])) if ok.any() else None,
                  "chosen_on": "PSFHS val, the split it is reported on"}
   return val, flag, uncertainty

@@ -8,8 +8,9 @@ For each configuration (input size x channels x batch size x augmentation) it bu
 stream once, times the first epoch ("cold": TFDS decode + resize + cache fill) and then
 `--repeats` timed runs of `--epochs_per_repeat` epochs over the filled cache ("warm"), reporting
 the median of the warm runs, and the bytes per example each step carries to the device (the
-model's inputs and targets: since issue 19 landmark cells, not rendered heatmaps). The PSFHS images are 256x256, so the 512 rows upsample. Results go to
-`benchmarks/results/pipeline.json` with the machine's load, since the CPU may be shared.
+model's inputs and targets: since issue 19 landmark cells, not rendered heatmaps). The PSFHS
+images are 256x256, so the 512 rows upsample. Results go to `benchmarks/results/pipeline.json`
+with the machine's load, since the CPU may be shared.
 """
 
 import json

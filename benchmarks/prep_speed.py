@@ -1,4 +1,5 @@
-"""Data-prep speed, serial vs parallel: images per second of `data_prep.build`, and the 31k projection.
+"""Data-prep speed, serial vs parallel: images per second of `data_prep.build`, and the 31k
+projection.
 
   python -m benchmarks.prep_speed [--workers=1,2] [--repeats=3] [--n_512=600]
 

@@ -190,7 +190,8 @@ def worst_montage(eval_dir, path):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  from aop_tf import evaluate, model_dir as model_dir_lib, zoo  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from aop_tf import evaluate, model_dir as model_dir_lib, zoo
   folder = zoo.resolve(FLAGS.model)
   if folder is None:
     raise app.UsageError(f"no shipped model {FLAGS.model!r}; shipped: {zoo.names()}")

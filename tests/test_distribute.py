@@ -178,4 +178,5 @@ def test_distributed_evaluation_is_traced_once_per_model():
   second = distribute.evaluate(model, data.batch(4))  # the next validation: no new trace
   assert first == second
   assert first["loss"] == pytest.approx(model.evaluate(data.batch(4), verbose=0), rel=1e-5)
-  assert distribute._TEST_STEPS[model].experimental_get_tracing_count() == 1  # pylint: disable=protected-access
+  step = distribute._TEST_STEPS[model]  # pylint: disable=protected-access
+  assert step.experimental_get_tracing_count() == 1
