@@ -93,7 +93,8 @@ class _Tally:
 
 
 def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, phantom_size,
-                 phantom_seed, csv_encoding="auto", unlabeled_dir=None, workers=1):
+                 phantom_seed, csv_encoding="auto", unlabeled_dir=None, workers=1,
+                 pseudo_labels=None, pseudo_image_dir=None):
   """-> ({split: (total rows, iterator of Record | InputError)}, description)."""
   seen = {}  # filename -> split, shared so that a file is used by one split only
   if source == "images":
@@ -102,6 +103,17 @@ def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, p
     splits, description = _open_labeled(source, data_dir, csv, image_dir, split_spec,
                                         phantom_counts, phantom_size, phantom_seed, csv_encoding,
                                         seen, workers)
+  if pseudo_labels:
+    from aop_tf.io import labels  # pylint: disable=import-outside-toplevel
+    rows = labels.read_rows(pseudo_labels, csv_encoding)
+    folder = pseudo_image_dir or os.path.dirname(os.path.abspath(pseudo_labels))
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"--pseudo_image_dir {folder} is not a folder")
+    total, items = splits.get("train", (0, iter(())))
+    # After the labeled train rows, so that a real label wins over a pseudo-label of its image.
+    splits["train"] = (total + len(rows), itertools.chain(
+        items, labels.iter_records(rows, folder, seen, "train", workers)))
+    description += f" Pseudo-labels (kept rows) from {pseudo_labels}, images in {folder}."
   extra = data_dir if source == "images" else unlabeled_dir
   if extra:
     root, paths = unlabeled.find_images(extra)
@@ -168,7 +180,8 @@ def _log(verbose, message):
 def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=None,
                   split_spec=None, phantom_counts=None, phantom_size=256, phantom_seed=0,
                   limit=None, strict=False, overwrite=False, verbose=True, csv_encoding="auto",
-                  unlabeled_dir=None, labeled_list=None, workers=None, num_shards=None):
+                  unlabeled_dir=None, labeled_list=None, workers=None, num_shards=None,
+                  pseudo_labels=None, pseudo_image_dir=None):
   """Reads one source, validates every input and writes the TFDS dataset.
 
   Args:
@@ -197,6 +210,10 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
       all in this thread). The output does not depend on it.
     num_shards: TFRecord files per split (default: TFDS's choice, files of 64 MiB to 1 GiB, so a
       large split is read in parallel; every split needs at least this many examples).
+    pseudo_labels: a pseudo-label CSV (`aop_tf.predict --format=pseudo`) whose kept rows join the
+      train split after the source's own (self-training; a real label of the same image wins).
+    pseudo_image_dir: folder its file names are relative to (the one predict printed); default
+      the CSV's folder.
 
   Returns:
     The dataset directory (str) holding `dataset_info.json`, for `tfds.builder_from_directory`.
@@ -206,6 +223,8 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
     raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
   if source == "images" and not data_dir:
     raise ValueError("--source=images needs --data_dir: a folder, glob or file of images")
+  if pseudo_labels and labeled_list:
+    raise ValueError("--pseudo_labels and --labeled_list both change the train split; use one")
   if source not in ("phantom", "images"):
     data_dir = data_dir or default_psfhs_dir()
     if not os.path.isdir(data_dir):
@@ -218,7 +237,7 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
   workers = parallel.default_workers() if workers is None else max(1, int(workers))
   splits, description = _open_source(source, data_dir, csv, image_dir, split_spec,
                                      phantom_counts, phantom_size, phantom_seed, csv_encoding,
-                                     unlabeled_dir, workers)
+                                     unlabeled_dir, workers, pseudo_labels, pseudo_image_dir)
   tally = _Tally()
   examples_by_split = {}
   for split, (total, items) in splits.items():
@@ -245,6 +264,7 @@ def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=No
       "source": source,
       "data_dir": os.path.abspath(data_dir) if data_dir else None,
       "labeled_list": os.path.abspath(labeled_list) if labeled_list else None,
+      "pseudo_labels": os.path.abspath(pseudo_labels) if pseudo_labels else None,
       "splits": tally.as_dict(list(dict.fromkeys([*splits, *examples_by_split]))),
       "skipped_inputs": [{"split": s, "message": m} for s, m in tally.messages],
   }
@@ -364,7 +384,8 @@ def main(argv):
       split_spec=f.split_spec, phantom_counts=counts, phantom_size=f.phantom_size,
       phantom_seed=f.phantom_seed, limit=f.limit, strict=f.strict, overwrite=f.overwrite,
       csv_encoding=f.csv_encoding, unlabeled_dir=f.unlabeled_dir, labeled_list=f.labeled_list,
-      workers=f.workers, num_shards=f.num_shards)
+      workers=f.workers, num_shards=f.num_shards, pseudo_labels=f.pseudo_labels,
+      pseudo_image_dir=f.pseudo_image_dir)
   return 0
 
 
@@ -393,6 +414,10 @@ def _define_flags():
   flags.DEFINE_string("labeled_list", None, "File of train file names (one per line) that keep "
                       "their labels; the other train images go to the `unlabeled` split without "
                       "landmarks or masks (to simulate scarce labels).")
+  flags.DEFINE_string("pseudo_labels", None, "Pseudo-label CSV (python -m aop_tf.predict "
+                      "--format=pseudo) whose kept rows join train after the source's own rows.")
+  flags.DEFINE_string("pseudo_image_dir", None, "Folder the --pseudo_labels file names are "
+                      "relative to (predict prints it). Default: the CSV's folder.")
   flags.DEFINE_integer("workers", None, "Threads decoding and encoding images (default: the "
                        "cores this process may use; 1: serial). The dataset does not depend on it.")
   flags.DEFINE_integer("num_shards", None, "TFRecord files per split (default: TFDS's choice, "

@@ -89,3 +89,25 @@ def test_pseudo_label_csv_reads_back_as_labels(tmp_path):
   assert data.num_examples(out, "train") == 1
   with open(os.path.join(out, "metadata.json")) as f:
     assert json.load(f)["splits"]["train"]["skipped"] == {"pseudo-label rejected": 1}
+
+
+def test_pseudo_labels_join_a_labeled_train_split(tmp_path):
+  """`--pseudo_labels`: kept rows join the source's own train examples (which keep their masks);
+  rejected rows are counted, and a labeled source's labels stay apart from it."""
+  images = tmp_path / "scans"
+  images.mkdir()
+  for name in ("a.png", "b.png"):
+    cv2.imwrite(str(images / name), np.full((256, 256), 90, np.uint8))
+  path = str(tmp_path / "pseudo.csv")
+  predict.write_pseudo_labels(path, predict.pseudo_label_rows(_rows(), SEMI, "/data/scans"))
+  out = build.build_dataset("phantom", out_dir=str(tmp_path / "ds"), verbose=False,
+                            phantom_counts={"train": 3, "val": 1}, pseudo_labels=path,
+                            pseudo_image_dir=str(images))
+  assert data.num_examples(out, "train") == 4 and data.num_examples(out, "val") == 1
+  with open(os.path.join(out, "metadata.json")) as f:
+    meta = json.load(f)
+  assert meta["splits"]["train"]["skipped"] == {"pseudo-label rejected": 1}
+  assert meta["pseudo_labels"] == path
+  with pytest.raises(ValueError, match="use one"):
+    build.build_dataset("phantom", out_dir=str(tmp_path / "ds2"), verbose=False,
+                        pseudo_labels=path, labeled_list=path)
