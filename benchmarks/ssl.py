@@ -16,7 +16,20 @@ times measured here), then evaluated on PSFHS val (200 images) at the final epoc
   sup838_s<seed>   cpu.cfg on all 838 labeled images
   sslps_s<seed>    as ssl, but only the teacher's PS1 and PS2 train the student
                    (--pseudo_landmarks=symphysis)
+  self_s<seed>     offline self-training: the trained sup300_s<seed> model labels the 538
+                   unlabeled images (`aop_tf.predict --format=pseudo` rows, the filters of
+                   ssl.cfg); cpu.cfg trains a new model on the 300 (with masks) + the kept
+                   pseudo-labels (`data_prep.build --pseudo_labels`). Its 60 minutes come on
+                   top of the teacher's: twice the compute of the other arms.
 Writes `benchmarks/results/ssl.json` (one entry per arm, merged with earlier runs of other arms).
+
+  python -m benchmarks.ssl --pseudo_quality=sup300_s42,ssl_s42
+
+How good would each trained arm's landmarks be as pseudo-labels? The 538 "unlabeled" train images
+do have labels: each arm's inference network (the teacher for mean-teacher arms) predicts them
+(`aop_tf.evaluate`, un-augmented, FH1 by heatmap and by tangent), and the filters of `ssl.cfg`
+(`aop_tf.pseudo.verdicts`) judge its predictions. Per landmark: the error of all, kept and dropped
+images, and by confidence quartile. Writes `benchmarks/results/ssl_pseudo_quality.json`.
 """
 
 import collections
@@ -46,6 +59,9 @@ ARMS = {
     # The mean teacher with the symphysis ends only: FH1 got worse under "ssl" (seed 42).
     "sslps": {"data": "psfhs_ssl300", "flagfiles": ["cpu.cfg", "ssl.cfg"], "epochs": 62,
               "args": ["--pseudo_landmarks=symphysis"]},
+    # Offline pseudo-labels from a fixed teacher: the mean teacher's own FH1 drifted (issue 16).
+    # About 810 labeled images per epoch, so sup838's epochs.
+    "self": {"teacher": "sup300", "flagfiles": ["cpu.cfg"], "epochs": 55},
 }
 
 flags.DEFINE_bool("make_list", False, "Write the labeled-subset list and stop.")
@@ -54,7 +70,10 @@ flags.DEFINE_integer("list_seed", 0, "Seed of the block draw of the labeled subs
 flags.DEFINE_integer("labeled", 300, "Size of the labeled subset.")
 flags.DEFINE_string("results", os.path.join(REPO, "benchmarks", "results", "ssl.json"),
                     "JSON file of the arms (kept across runs).")
+flags.DEFINE_list("pseudo_quality", [], "Trained arms (<arm>_s<seed>) whose predictions on the "
+                  "538 unlabeled train images to score as pseudo-labels, against their labels.")
 FLAGS = flags.FLAGS
+LANDMARKS = ("PS1", "PS2", "FH1")
 
 
 def labeled_subset(names, count, seed):
@@ -71,11 +90,16 @@ def labeled_subset(names, count, seed):
   raise ValueError(f"only {len(chosen)} names; cannot pick {count}")
 
 
-def make_list(path, count, seed):
+def train_names():
+  """The PSFHS train file names, in train.csv's order."""
   import csv  # pylint: disable=import-outside-toplevel
   from data_prep import build  # pylint: disable=import-outside-toplevel
   with open(os.path.join(build.default_psfhs_dir(), "train.csv"), encoding="utf-8-sig") as f:
-    names = [row["Filename"] for row in csv.DictReader(f)]
+    return [row["Filename"] for row in csv.DictReader(f)]
+
+
+def make_list(path, count, seed):
+  names = train_names()
   chosen = labeled_subset(names, count, seed)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
@@ -96,23 +120,132 @@ def ensure_data(name):
   return out
 
 
+def ssl_filters():
+  """The pseudo-label filters of `ssl.cfg` over `cpu.cfg` (a `config.SemiSpec`)."""
+  from aop_tf import config  # pylint: disable=import-outside-toplevel
+  values = flags.FlagValues()
+  config.define_flags(values)
+  values(["ssl", f"--flagfile={os.path.join(CONFIGS, 'cpu.cfg')}",
+          f"--flagfile={os.path.join(CONFIGS, 'ssl.cfg')}"])
+  return config.from_flags(values).semi
+
+
+def labeled_names():
+  """The committed labeled subset (a set of file names)."""
+  from data_prep import unlabeled  # pylint: disable=import-outside-toplevel
+  return unlabeled.read_list(LIST)
+
+
+def unlabeled_names():
+  """The 538 PSFHS train file names outside the labeled subset."""
+  labeled = labeled_names()
+  return [name for name in train_names() if name not in labeled]
+
+
+def ensure_pseudo_data(teacher_label):
+  """The dataset of a self-training arm, built on first use: `teacher_label`'s run predicts the
+  unlabeled images; the 300 labeled (masks source) plus the kept pseudo-labels form train."""
+  from aop_tf import predict, predictor  # pylint: disable=import-outside-toplevel
+  from data_prep import build  # pylint: disable=import-outside-toplevel
+  out = os.path.join(REPO, "data", f"psfhs_pseudo_{teacher_label}")
+  if os.path.isdir(os.path.join(out, "aop_landmarks")):
+    return out
+  os.makedirs(out, exist_ok=True)
+  psfhs = build.default_psfhs_dir()
+  images = os.path.join(psfhs, "images")
+  model = predictor.load(os.path.join("runs", f"ssl_{teacher_label}"), "latest")
+  rows, failures = predict.predict_files(
+      model, [os.path.join(images, name) for name in unlabeled_names()])
+  if failures:
+    raise RuntimeError(f"{len(failures)} unlabeled images could not be read: {failures[:3]}")
+  pseudo_csv = os.path.join(out, "pseudo.csv")
+  predict.write_pseudo_labels(pseudo_csv, predict.pseudo_label_rows(rows, ssl_filters(), images))
+  labeled_csv = os.path.join(out, "labeled.csv")
+  with open(labeled_csv, "w") as f:
+    f.write("Filename\n" + "\n".join(sorted(labeled_names())) + "\n")
+  build.build_dataset("masks", out_dir=out, csv={"train": labeled_csv,
+                                                 "val": os.path.join(psfhs, "val.csv")},
+                      pseudo_labels=pseudo_csv, pseudo_image_dir=images)
+  return out
+
+
 def run_arm(label):
   arm, _, seed = label.rpartition("_s")
   setting = ARMS[arm]
-  data_dir = ensure_data(setting["data"])
+  if "teacher" in setting:
+    data_dir = ensure_pseudo_data(f"{setting['teacher']}_s{seed}")
+  else:
+    data_dir = ensure_data(setting["data"])
   flagfile, *more = [os.path.join(CONFIGS, f) for f in setting["flagfiles"]]
   train_args = [f"--flagfile={f}" for f in more] + [f"--seed={seed}",
                                                    f"--epochs={setting['epochs']}",
                                                    "--max_train_minutes=60",
                                                    *setting.get("args", [])]
   result = accuracy.measure(flagfile, os.path.join("runs", f"ssl_{label}"), data_dir, train_args)
-  return {"arm": arm, "seed": int(seed), "data": setting["data"], **result}
+  return {"arm": arm, "seed": int(seed), "data": os.path.basename(data_dir), **result}
+
+
+def _errors(columns, rows):
+  """Mean error (512 space) per landmark, MRE, and AoP error mean / median over `rows` [N] bool."""
+  if not rows.any():
+    return {"n": 0}
+  out = {"n": int(rows.sum())}
+  out.update({name: float(np.mean(columns[f"err_{name}_512"][rows])) for name in LANDMARKS})
+  out["mre"] = float(np.mean(columns["mre_512"][rows]))
+  aop = columns["aop_error_deg"][rows]
+  out["aop_mean"], out["aop_median"] = float(np.mean(aop)), float(np.median(aop))
+  return out
+
+
+def pseudo_quality(label, semi):
+  """The arm's predictions on the unlabeled train images scored against their labels."""
+  from aop_tf import evaluate, pseudo  # pylint: disable=import-outside-toplevel
+  run = os.path.join("runs", f"ssl_{label}")
+  labeled = labeled_names()
+  result = {"run": run}
+  for method in ("heatmap", "tangent"):
+    out = os.path.join(run, f"eval_train_latest_{method}")
+    evaluate.evaluate(run, checkpoint="latest", data_dir=os.path.join(REPO, "data", "psfhs"),
+                      split="train", output_dir=out, fh1_method=method, overlays=0,
+                      progress=False, verbose=False)
+    columns = evaluate.read_per_image(os.path.join(out, evaluate.PER_IMAGE_FILE))
+    unlabeled = np.array([name not in labeled for name in columns["filename"]])
+    result[f"{method}_all"] = _errors(columns, unlabeled)
+    if method != "heatmap":
+      continue
+    points = np.stack([np.stack([columns[f"pred_{n}_x"], columns[f"pred_{n}_y"]], -1)
+                       for n in LANDMARKS], 1)
+    confidence = np.stack([columns[f"conf_{n}"] for n in LANDMARKS], -1)
+    size = np.stack([columns["width"], columns["height"]], -1)
+    verdict = {k: v.numpy() for k, v in pseudo.verdicts(points, confidence, size, semi).items()}
+    result["verdict_share"] = {k: float(np.mean(v[unlabeled])) for k, v in verdict.items()}
+    result["kept"] = _errors(columns, unlabeled & verdict["kept"])
+    result["dropped"] = _errors(columns, unlabeled & ~verdict["kept"])
+    quartiles = {}
+    for i, name in enumerate(LANDMARKS):
+      conf, err = confidence[unlabeled, i], columns[f"err_{name}_512"][unlabeled]
+      edges = np.quantile(conf, [0.25, 0.5, 0.75])
+      bins = np.digitize(conf, edges)
+      quartiles[name] = [float(np.mean(err[bins == q])) for q in range(4)]
+    result["error_by_confidence_quartile"] = quartiles
+  return result
 
 
 def main(argv):
   del argv
   if FLAGS.make_list:
     make_list(LIST, FLAGS.labeled, FLAGS.list_seed)
+    return
+  if FLAGS.pseudo_quality:
+    from aop_tf import model_dir  # pylint: disable=import-outside-toplevel
+    semi = ssl_filters()
+    path = os.path.join(REPO, "benchmarks", "results", "ssl_pseudo_quality.json")
+    results = model_dir.read_json(path) if os.path.exists(path) else {}
+    for label in FLAGS.pseudo_quality:
+      results[label] = pseudo_quality(label, semi)
+      accuracy.write_json(path, results)
+      print(label, json.dumps(results[label]), flush=True)
+    print(f"wrote {path}")
     return
   results = {}
   if os.path.exists(FLAGS.results):
