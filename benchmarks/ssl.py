@@ -41,6 +41,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from aop_tf import LANDMARK_NAMES
 from benchmarks import accuracy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +74,6 @@ flags.DEFINE_string("results", os.path.join(REPO, "benchmarks", "results", "ssl.
 flags.DEFINE_list("pseudo_quality", [], "Trained arms (<arm>_s<seed>) whose predictions on the "
                   "538 unlabeled train images to score as pseudo-labels, against their labels.")
 FLAGS = flags.FLAGS
-LANDMARKS = ("PS1", "PS2", "FH1")
 
 
 def labeled_subset(names, count, seed):
@@ -190,7 +190,7 @@ def _errors(columns, rows):
   if not rows.any():
     return {"n": 0}
   out = {"n": int(rows.sum())}
-  out.update({name: float(np.mean(columns[f"err_{name}_512"][rows])) for name in LANDMARKS})
+  out.update({name: float(np.mean(columns[f"err_{name}_512"][rows])) for name in LANDMARK_NAMES})
   out["mre"] = float(np.mean(columns["mre_512"][rows]))
   aop = columns["aop_error_deg"][rows]
   out["aop_mean"], out["aop_median"] = float(np.mean(aop)), float(np.median(aop))
@@ -214,15 +214,15 @@ def pseudo_quality(label, semi):
     if method != "heatmap":
       continue
     points = np.stack([np.stack([columns[f"pred_{n}_x"], columns[f"pred_{n}_y"]], -1)
-                       for n in LANDMARKS], 1)
-    confidence = np.stack([columns[f"conf_{n}"] for n in LANDMARKS], -1)
+                       for n in LANDMARK_NAMES], 1)
+    confidence = np.stack([columns[f"conf_{n}"] for n in LANDMARK_NAMES], -1)
     size = np.stack([columns["width"], columns["height"]], -1)
     verdict = {k: v.numpy() for k, v in pseudo.verdicts(points, confidence, size, semi).items()}
     result["verdict_share"] = {k: float(np.mean(v[unlabeled])) for k, v in verdict.items()}
     result["kept"] = _errors(columns, unlabeled & verdict["kept"])
     result["dropped"] = _errors(columns, unlabeled & ~verdict["kept"])
     quartiles = {}
-    for i, name in enumerate(LANDMARKS):
+    for i, name in enumerate(LANDMARK_NAMES):
       conf, err = confidence[unlabeled, i], columns[f"err_{name}_512"][unlabeled]
       edges = np.quantile(conf, [0.25, 0.5, 0.75])
       bins = np.digitize(conf, edges)
@@ -231,26 +231,30 @@ def pseudo_quality(label, semi):
   return result
 
 
+def read_results(path):
+  """A results JSON of earlier runs ({} if none yet), to merge new entries into."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
 def main(argv):
   del argv
   if FLAGS.make_list:
     make_list(LIST, FLAGS.labeled, FLAGS.list_seed)
     return
   if FLAGS.pseudo_quality:
-    from aop_tf import model_dir  # pylint: disable=import-outside-toplevel
     semi = ssl_filters()
     path = os.path.join(REPO, "benchmarks", "results", "ssl_pseudo_quality.json")
-    results = model_dir.read_json(path) if os.path.exists(path) else {}
+    results = read_results(path)
     for label in FLAGS.pseudo_quality:
       results[label] = pseudo_quality(label, semi)
       accuracy.write_json(path, results)
       print(label, json.dumps(results[label]), flush=True)
     print(f"wrote {path}")
     return
-  results = {}
-  if os.path.exists(FLAGS.results):
-    with open(FLAGS.results) as f:
-      results = json.load(f)
+  results = read_results(FLAGS.results)
   for label in FLAGS.arms:
     results[label] = run_arm(label)
     accuracy.write_json(FLAGS.results, results)
