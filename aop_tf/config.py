@@ -321,12 +321,31 @@ class SemiSpec(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillSpec(_Section):
+  """Knowledge distillation (`distill`): the student learns a teacher's heatmaps on augmented
+  views of the train images (moved with the image's warp), blended with the real labels'
+  Gaussians; off while `teacher` is empty. Needs --loss=softmax_ce (the targets are
+  distributions).
+
+  Attributes:
+    teacher: Model whose heatmaps teach: a shipped name (psfhs), a training directory, a SavedModel
+      folder or a .tflite file; empty: no distillation.
+    teacher_weight: Share of the teacher's heatmap in each target distribution (the label's
+      Gaussian has the rest); 1: the teacher alone.
+  """
+  teacher: str = knob("")
+  teacher_weight: float = knob(0.5, check="unit")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunOptions(_Section):
   """Where a run writes, how long it trains, what it logs.
 
   Attributes:
     model_dir: Training directory (created; resumed if it holds latest.keras).
     resume: Continue a model dir that holds latest.keras.
+    init_from: Weights to start a new run from (fine-tuning): a shipped model's name, a training
+      directory or a .keras / .weights.h5 file; the architecture must match. Empty: random.
     checkpoint_every: epoch_NNNN.keras every N epochs; 0: none.
     val_every: Validate every N epochs (and at the end).
     num_tb_images: Validation images shown in TensorBoard.
@@ -341,6 +360,7 @@ class RunOptions(_Section):
   """
   model_dir: str = knob("", resumable=True)
   resume: bool = knob(True, resumable=True)
+  init_from: str = knob("", resumable=True)
   checkpoint_every: int = knob(50, check="non_negative", resumable=True)
   val_every: int = knob(1, check="positive", resumable=True)
   num_tb_images: int = knob(4, check="non_negative", resumable=True)
@@ -352,7 +372,7 @@ class RunOptions(_Section):
 
 
 SECTIONS = {"model": ModelSpec, "codec": CodecSpec, "loss": LossSpec, "data": DataSpec,
-            "augment": AugmentSpec, "optim": OptimSpec, "semi": SemiSpec, "run": RunOptions}
+            "augment": AugmentSpec, "optim": OptimSpec, "semi": SemiSpec, "distill": DistillSpec, "run": RunOptions}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +386,7 @@ class RunSpec:
   augment: AugmentSpec = dataclasses.field(default_factory=AugmentSpec)
   optim: OptimSpec = dataclasses.field(default_factory=OptimSpec)
   semi: SemiSpec = dataclasses.field(default_factory=SemiSpec)
+  distill: DistillSpec = dataclasses.field(default_factory=DistillSpec)
   run: RunOptions = dataclasses.field(default_factory=RunOptions)
 
   def __post_init__(self):
@@ -382,6 +403,9 @@ class RunSpec:
       raise ConfigError(f"--distribute={self.run.distribute} with --unlabeled_split is not "
                         "supported yet (see aop_tf/distribute.py); train the mean teacher with "
                         "--distribute=none.")
+    if self.distill.teacher and not softmax:
+      raise ConfigError(f"--teacher needs --loss in {losses.SOFTMAX_LOSSES} (its targets are "
+                        f"distributions); got --loss={self.loss.loss}.")
     if self.codec.fh1_method == "tangent" and self.model.seg_classes <= 2:
       raise ConfigError("--fh1_method=tangent needs a segmentation head with the fetal-head class "
                         f"(--seg_classes=3); got --seg_classes={self.model.seg_classes}.")

@@ -29,6 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aop_tf import augment as augment_lib
+from aop_tf import distill
 from aop_tf import geometry
 
 INFO_FILE = "dataset_info.json"
@@ -212,8 +213,9 @@ def preprocess_image(image, input_size, input_channels):
 # Datasets of model inputs and targets.
 
 
-def _prepare_fn(spec, with_mask):
-  """Decoded example -> cacheable dict at input resolution (before augmentation)."""
+def _prepare_fn(spec, with_mask, teacher=None):
+  """Decoded example -> cacheable dict at input resolution (before augmentation); with a
+  `distill.TeacherMaps`, the teacher's maps of the image too."""
   size = spec.model.input_size
 
   def prepare(index, ex):
@@ -225,6 +227,8 @@ def _prepare_fn(spec, with_mask):
         "size_px": size_px,
         "filename": ex["filename"],
     }
+    if teacher is not None:
+      out["teacher"] = teacher.get(ex["filename"])
     if with_mask:
       # Nearest, at input resolution, so augmentation can warp it with the image's matrix.
       to_orig = augment_lib.scale_matrix((size, size), size_px)
@@ -256,6 +260,10 @@ def _finish_fn(spec, training, with_mask):
         "size_px": size_px,
         "filename": ex["filename"],
     }
+    if "teacher" in ex:
+      maps = distill.warp_to_view(ex["teacher"], forward, size, cells)
+      out["target_maps"] = distill.blend(maps, codec.render(out["landmarks_cells"]),
+                                         spec.distill.teacher_weight)
     if with_mask:
       # Output cell -> input pixel -> (undo the augmentation) -> cached mask pixel, nearest.
       cell_to_input = augment_lib.scale_matrix((cells, cells), (size, size))
@@ -285,7 +293,7 @@ def _shuffled_epoch(prepared, spec, epoch, n, tag=_SHUFFLE_TAG):
       lambda b, batch: _permuted(batch, tf.random.experimental.stateless_fold_in(epoch_seed, b)))
 
 
-def make_dataset(data_dir, split, spec, training, start_epoch=0):
+def make_dataset(data_dir, split, spec, training, start_epoch=0, teacher=None):
   """Batched model inputs and targets of one split.
 
   Args:
@@ -301,6 +309,9 @@ def make_dataset(data_dir, split, spec, training, start_epoch=0):
       batch_size` full batches per epoch (use that as Keras' `steps_per_epoch`). False: one pass
       in file order, no augmentation, last batch possibly short.
     start_epoch: first epoch (0-based) of the training stream, to resume exactly.
+    teacher: a `distill.TeacherMaps` of the split (training only): each example then also has
+      `target_maps` float32 [B, R, R, 3], the teacher's maps moved onto the view and blended with
+      the label's Gaussian (`distill.blend`), which `to_keras` makes the heatmap target.
 
   Returns:
     tf.data.Dataset of dicts: `image` float32 [B, S, S, C] 0..255; `landmarks_cells` float32
@@ -318,7 +329,7 @@ def make_dataset(data_dir, split, spec, training, start_epoch=0):
                                 num_parallel_calls_for_interleave_files=tf.data.AUTOTUNE,
                                 enable_ordering_guard=shards == 1)
   prepared = load_split(data_dir, split, read_config).enumerate().map(
-      _prepare_fn(spec, with_mask), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      _prepare_fn(spec, with_mask, teacher if training else None), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if cache:
     prepared = prepared.cache()
   finish = _finish_fn(spec, training, with_mask)
@@ -404,9 +415,10 @@ def steps_per_epoch(data_dir, split, spec):
 
 def to_keras(batch):
   """Batch dict -> `(x, y)` for Keras `fit`/`evaluate`: `x` images, `y` {"heatmaps": landmarks in
-  cells [B, 3, 2] (the heatmap loss renders them), ["segmentation"]}; images without a real mask
+  cells [B, 3, 2] (the heatmap loss renders them) or a distilled run's `target_maps`,
+  ["segmentation"]}; images without a real mask
   get segmentation label -1 (ignored by the loss)."""
-  y = {"heatmaps": batch["landmarks_cells"]}
+  y = {"heatmaps": batch.get("target_maps", batch["landmarks_cells"])}
   if "mask" in batch:
     mask = tf.cast(batch["mask"], tf.int32)
     has_mask = tf.reshape(tf.cast(batch["has_mask"], tf.bool), [-1, 1, 1])

@@ -20,7 +20,6 @@ import fcntl
 import glob
 import json
 import os
-import tempfile
 import zipfile
 
 import keras
@@ -32,6 +31,8 @@ from aop_tf.io import files
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
+# A shipped model's float weights beside its model.tflite (`--init_from=<name>` fine-tunes them).
+WEIGHTS_FILE = "weights.keras"
 LOCK_FILE = ".lock"
 CHECKPOINTS = ("best_val_mre", "best_val_loss", "latest")
 
@@ -41,46 +42,11 @@ def checkpoint_path(model_dir, which):
   return os.path.join(model_dir, f"{which}.keras")
 
 
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = files.TEMP_PREFIX
 
 
-def fsync_path(path):
-  """Flushes a file (or a folder's entries) to disk; a no-op where the OS does not allow it."""
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
-def _atomic_write(path, write_fn):
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  suffix = os.path.splitext(path)[1]
-  try:
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
-  except OSError as e:
-    raise OSError(e.errno, f"{path}: cannot write in {folder} ({e.strerror})") from None
-  os.close(fd)
-  try:
-    write_fn(tmp)
-    fsync_path(tmp)  # The data reaches the disk before the name points at it.
-    os.replace(tmp, path)
-  except OSError as e:  # a full disk, a file-size limit, ...: say where, and what is safe
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    kept = "the previous version is intact" if os.path.exists(path) else "nothing was written"
-    raise OSError(e.errno, f"{path}: writing failed ({e.strerror or e}); {kept}") from None
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  fsync_path(folder)  # ... and the rename itself survives a power cut.
+fsync_path = files.fsync_path
+atomic_write = files.atomic_write
 
 
 def remove_stale_temp_files(folder):
@@ -102,7 +68,7 @@ def write_json(path, obj):
     with open(tmp, "w") as f:
       json.dump(obj, f, indent=2, sort_keys=True)
       f.write("\n")
-  _atomic_write(path, write)
+  atomic_write(path, write)
 
 
 def read_json(path):
@@ -112,7 +78,7 @@ def read_json(path):
 
 def save_model(model, path):
   """Saves a `.keras` file (weights, and optimizer state if compiled) atomically."""
-  _atomic_write(path, model.save)
+  atomic_write(path, model.save)
 
 
 @contextlib.contextmanager
@@ -232,6 +198,46 @@ def load_model(model_dir, which=None, compile=False):
       model = model.inference_network
     model = model_lib.float32_copy(model, spec.model_kwargs())
   return model, spec
+
+
+def _weights_of(source, folder):
+  """`(weights, where)` of an export's float weights (`WEIGHTS_FILE`: a shipped model), a training
+  directory or a .keras file at `folder` (`source` resolved, e.g. a shipped model's name)."""
+  shipped = os.path.join(folder, WEIGHTS_FILE) if os.path.isdir(folder) else None
+  if shipped and os.path.isfile(shipped):
+    return load_keras_file(shipped).get_weights(), shipped
+  if os.path.isdir(folder) and os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+    return load_model(folder)[0].get_weights(), folder
+  if os.path.isfile(folder) and folder.endswith(".keras"):
+    model = load_keras_file(folder)
+    if isinstance(model, semi.MeanTeacher):
+      model = model.inference_network
+    return model.get_weights(), folder
+  raise FileNotFoundError(f"--init_from={source}: not a shipped model with float weights "
+                          f"({WEIGHTS_FILE}), a training directory (config.json) or a .keras "
+                          "file; pass one of those.")
+
+
+def init_from(model, source, folder=None):
+  """Loads the weights of `source` (`_weights_of`; `folder`: where it resolves, default itself)
+  into a new run's `model` (both networks of a mean teacher); ConfigError in one line when the
+  architectures differ. Returns where the weights came from."""
+  weights, where = _weights_of(source, folder or source)
+  targets = (tuple(model.networks.values()) if isinstance(model, semi.MeanTeacher)
+             else (model,))
+  for network in targets:
+    want = [tuple(w.shape) for w in network.weights]
+    got = [tuple(w.shape) for w in weights]
+    if want != got:
+      first = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want),
+                                                                                  len(got)))
+      detail = (f"{len(got)} weight arrays against {len(want)}" if len(want) != len(got) else
+                f"array {first} is {got[first]} against {want[first]}")
+      raise config_lib.ConfigError(
+          f"--init_from={source}: its architecture does not match this run's ({detail}); use "
+          "the model flags it was trained with (its config.json) or another --init_from.")
+    network.set_weights(weights)
+  return where
 
 
 def _check_input(model, spec, path):

@@ -35,10 +35,14 @@ from aop_tf import callbacks as callbacks_lib  # noqa: E402
 from aop_tf import cli  # noqa: E402
 from aop_tf import config as config_lib  # noqa: E402
 from aop_tf import data  # noqa: E402
+from aop_tf import distill  # noqa: E402
 from aop_tf import distribute  # noqa: E402
 from aop_tf import model_dir as model_dir_lib  # noqa: E402
 from aop_tf import optim  # noqa: E402
+from aop_tf import predictor as predictor_lib  # noqa: E402
+from aop_tf import sources  # noqa: E402
 from aop_tf import task  # noqa: E402
+from aop_tf import zoo  # noqa: E402
 
 ConfigError = config_lib.ConfigError
 
@@ -77,6 +81,7 @@ class _Run:
   steps_per_epoch: int
   state: dict
   resuming: bool
+  teacher: object = None  # distill.TeacherMaps of a distilled run
 
 
 def _resolve_data_dir(path):
@@ -177,7 +182,7 @@ def _fit(run, model, initial_epoch, done_batches, extra_callbacks):
 
   def batches(start_epoch, skip=0, take=-1):
     ds = data.make_dataset(run.data_dir, spec.data.train_split, spec, training=True,
-                           start_epoch=start_epoch).skip(skip).take(take)
+                           start_epoch=start_epoch, teacher=run.teacher).skip(skip).take(take)
     ds = ds.map(data.to_keras, num_parallel_calls=tf.data.AUTOTUNE)
     if spec.semi.unlabeled_split:  # step s of the run always meets the same unlabeled batch
       unlabeled = data.make_unlabeled_dataset(run.data_dir, spec.semi.unlabeled_split, spec,
@@ -248,6 +253,11 @@ def _train_locked(spec, data_dir, strategy, extra_callbacks):
   os.makedirs(model_dir, exist_ok=True)
   for path in model_dir_lib.remove_stale_temp_files(model_dir):  # left by a killed run
     print(f"Removed {path}, a partial file of an interrupted run.")
+  if spec.run.init_from and not run.resuming:
+    source = spec.run.init_from
+    where = model_dir_lib.init_from(model, source, zoo.resolve(source))
+    print(f"Initialised from {where}.")
+  run.teacher = _teacher_maps(spec, data_dir) if spec.distill.teacher else None
   model_dir_lib.write_spec(model_dir, spec)
   if initial_epoch >= spec.optim.epochs:
     print(f"{model_dir}: already trained for {initial_epoch} of {spec.optim.epochs} epochs.")
@@ -278,6 +288,25 @@ def _train_locked(spec, data_dir, strategy, extra_callbacks):
                  else 0)
   return TrainResult(model_dir, _history_of(run.state), status.epochs_done, stop_reason,
                      status.signal_name, steps_saved)
+
+
+def _teacher_maps(spec, data_dir):
+  """The distillation teacher's maps of the train split (`distill`), computed once per run."""
+  teacher = spec.distill.teacher
+
+  def compute():
+    print(f"Distillation: the teacher {teacher} predicts the train images once.")
+    model = predictor_lib.load(teacher, num_interpreters=os.cpu_count() or 1)
+    source = sources.TfdsSource(data_dir, spec.data.train_split)
+    maps = distill.teacher_heatmaps(model, source, total=len(source),
+                                    progress=spec.run.verbose != 0)
+    if maps.cells != spec.model.heatmap_size:
+      raise ConfigError(f"--teacher={teacher} gives {maps.cells}x{maps.cells} heatmaps, this run "
+                        f"{spec.model.heatmap_size}x{spec.model.heatmap_size}; distill into the "
+                        "teacher's --heatmap_size.")
+    return maps
+
+  return distill.cached_teacher_maps(spec.run.model_dir, teacher, compute)
 
 
 def _history_of(state):

@@ -8,6 +8,7 @@ is not a regular file (after following links) and reads at most `max_bytes`.
 
 import os
 import stat
+import tempfile
 
 MAX_TEXT_BYTES = 64 << 20  # a label CSV or a JSON file: 64 MiB is far beyond any real one
 
@@ -55,3 +56,51 @@ def read_bounded(path, max_bytes, what="file"):
     raise FileError(f"{path}: {what} is larger than the {max_bytes / 2**20:.0f} MiB accepted; "
                     "is it really the right file?")
   return data
+
+
+TEMP_PREFIX = ".tmp-"
+
+
+def fsync_path(path):
+  """Flushes a file or folder to the disk (best effort: some file systems refuse folders)."""
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def atomic_write(path, write_fn):
+  """Calls `write_fn(tmp)` on a temporary file beside `path`, then renames it over `path` (after
+  an fsync), so readers see the old file or the new one, never a part.
+
+  Raises:
+    OSError naming `path`, saying whether the previous version is intact.
+  """
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  suffix = os.path.splitext(path)[1]
+  try:
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
+  except OSError as e:
+    raise OSError(e.errno, f"{path}: cannot write in {folder} ({e.strerror})") from None
+  os.close(fd)
+  try:
+    write_fn(tmp)
+    fsync_path(tmp)  # The data reaches the disk before the name points at it.
+    os.replace(tmp, path)
+  except OSError as e:  # a full disk, a file-size limit, ...: say where, and what is safe
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    kept = "the previous version is intact" if os.path.exists(path) else "nothing was written"
+    raise OSError(e.errno, f"{path}: writing failed ({e.strerror or e}); {kept}") from None
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  fsync_path(folder)  # ... and the rename itself survives a power cut.
