@@ -15,8 +15,8 @@ Writes to `--output_dir` (default `<model>/eval_<split or csv name>`):
   overlays/       `NNNN_<name>.png` landmark/AoP overlays and `NNNN_<name>_heatmaps.png` panels
 """
 
-import csv
 import datetime
+import math
 import os
 import sys
 import time
@@ -35,9 +35,11 @@ from aop_tf import codec as codec_lib
 from aop_tf import metrics
 from aop_tf import model_dir as model_dir_lib
 from aop_tf import predictor as predictor_lib
+from aop_tf import results
 from aop_tf import sources
 from aop_tf import visualize
 from aop_tf import zoo
+from aop_tf.io import frames as frames_lib
 
 REPORT_FILE = "report.json"
 PER_IMAGE_FILE = "per_image.csv"
@@ -98,57 +100,42 @@ def predict_source(predictor, source, batch_size=16, keep_heatmaps=False, progre
 # Outputs.
 
 
-def per_image_rows(preds, errors):
-  """Rows (dicts) of `per_image.csv`; points in original pixels, errors in px and 512 space."""
+def per_image_rows(preds, errors, min_confidence=0.3, uncertainty_floor=None):
+  """Rows of `per_image.csv` in the one layout (`results`): the prediction columns of `predict`
+  (points in original pixels, the flag and its reason at `min_confidence`) plus the labels and
+  the errors (px and 512 space)."""
   rows = []
   for i, filename in enumerate(preds["filename"]):
-    row = {"filename": filename,
-           "width": int(preds["size_px"][i, 0]), "height": int(preds["size_px"][i, 1])}
+    source, index = frames_lib.split_frame_name(filename)
+    frame = frames_lib.Frame(None, source, index or 0, math.nan,
+                             tuple(int(v) for v in preds["size_px"][i]), None, index is not None)
+    row = results.prediction_row(frame, preds["pred_px"][i], errors["aop_pred_deg"][i],
+                                 preds["confidence"][i], preds["aop_spread_deg"][i],
+                                 min_confidence, uncertainty_floor)
+    row["filename"] = filename
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"gt_{name}_x"], row[f"gt_{name}_y"] = (float(v) for v in preds["gt_px"][i, k])
-      row[f"pred_{name}_x"], row[f"pred_{name}_y"] = (float(v) for v in preds["pred_px"][i, k])
+    row["aop_gt_deg"] = float(errors["aop_gt_deg"][i])
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"err_{name}_px"] = float(errors["radial_px"][i, k])
       row[f"err_{name}_512"] = float(errors["radial_512"][i, k])
     row["mre_px"] = float(np.mean(errors["radial_px"][i]))
     row["mre_512"] = float(np.mean(errors["radial_512"][i]))
-    row["aop_gt_deg"] = float(errors["aop_gt_deg"][i])
-    row["aop_pred_deg"] = float(errors["aop_pred_deg"][i])
     row["aop_error_deg"] = float(errors["aop_error_deg"][i])
-    row["degenerate"] = int(errors["degenerate"][i])
-    for k, name in enumerate(LANDMARK_NAMES):
-      row[f"conf_{name}"] = float(preds["confidence"][i, k])
-    row["aop_spread_deg"] = float(preds["aop_spread_deg"][i])
+    row["degenerate"] = bool(errors["degenerate"][i])
     rows.append(row)
   return rows
 
 
 def write_csv(path, rows):
-  """Writes rows (dicts with equal keys) as CSV, floats with 4 decimals, NaN as empty."""
-  def fmt(v):
-    if isinstance(v, float):
-      return "" if not np.isfinite(v) else f"{v:.4f}"
-    return v
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.writer(f)
-    if rows:
-      writer.writerow(list(rows[0]))
-      for row in rows:
-        writer.writerow([fmt(v) for v in row.values()])
-  os.replace(tmp, path)
+  """Writes `per_image_rows` (`results.EVALUATION_COLUMNS`, 4 decimals) atomically."""
+  results.write_csv(path, rows, list(results.EVALUATION_COLUMNS), decimals=4)
 
 
 def read_per_image(path):
-  """`per_image.csv` back as columns: `filename` a list of str, every other column float64 [N]
-  (empty cells, i.e. NaN, as NaN)."""
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
-  columns = {"filename": [row["filename"] for row in rows]}
-  for key in (rows[0] if rows else ()):
-    if key != "filename":
-      columns[key] = np.array([float(row[key]) if row[key] != "" else np.nan for row in rows])
-  return columns
+  """`per_image.csv` back as columns (`results.read_csv`: `filename` a list of str, numbers as
+  float64 [N] with NaN where empty; older column names read under the current ones)."""
+  return results.read_csv(path)
 
 
 def _overlay_name(index, filename):
@@ -282,7 +269,8 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
   errors = metrics.per_image_errors(preds["pred_px"], preds["gt_px"], preds["size_px"])
   result = _result(metrics.report(errors), predictor, source, batch_size, timing)
   os.makedirs(output_dir, exist_ok=True)
-  write_csv(os.path.join(output_dir, PER_IMAGE_FILE), per_image_rows(preds, errors))
+  write_csv(os.path.join(output_dir, PER_IMAGE_FILE), per_image_rows(
+      preds, errors, zoo.flag_min_confidence(model), zoo.uncertainty_floor_deg(model)))
   indices = overlay_indices(errors, overlays, overlay_order)
   result["n_overlays"] = (write_overlays(os.path.join(output_dir, OVERLAY_DIR), source, preds,
                                          errors, indices, progress=progress)

@@ -26,22 +26,18 @@ confident first, for an annotator to review; `--select=N` also writes the N imag
 labelling next (rejected by a filter first, then the lowest peak: where the model is least sure).
 """
 
-import csv
-import glob
-import json
+import collections
 import math
 import os
-import re
+import queue
 import sys
 import threading
 import time
-from concurrent import futures
 
 from absl import app
 from absl import flags
 import cv2
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
 from aop_tf import LANDMARK_NAMES
@@ -50,257 +46,224 @@ from aop_tf import config as config_lib
 from aop_tf import geometry
 from aop_tf import predictor as predictor_lib
 from aop_tf import pseudo
+from aop_tf import results
+from aop_tf import trace
 from aop_tf import zoo
-from aop_tf.io import files
+from aop_tf.io import frames as frames_lib
 from aop_tf.io import images as image_files
+from aop_tf.io import inputs as inputs_lib
+from aop_tf.io import parallel
 from aop_tf.io import points
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-# Images with more pixels are shrunk to about this many as they are read (`read_image`).
-REDUCE_PIXELS = 4_000_000
-# Images over REDUCE_PIXELS decoded at once, whatever --num_workers: each holds up to ~250 MB while
-# it decodes (a 100-megapixel gray copy, and TensorFlow's strict check of PNGs), so this bounds
-# predict's peak memory (README: 1.5 GB).
-_LARGE_DECODES = threading.BoundedSemaphore(2)
+# Frames decoded ahead of the model (a clip's decoder runs in its own thread meanwhile).
+_PREFETCH_FRAMES = 16
 
 
-def input_specs(values):
-  """The files, folders and globs named by `--inputs` values.
+class _Progress:
+  """The frames bar: one unit per still image or clip frame; a clip adds its frames on opening."""
 
-  A value is taken whole when it names something that exists or a glob that matches (so a file
-  name may hold a comma); `@FILE` names a list file, one entry a line (`#` comments); anything
-  else is split on commas, the old form (`a.png,scans/,more/*.png`).
-  """
-  if isinstance(values, str):
-    values = [values]
-  specs = []
-  for value in values:
-    if value.startswith("@"):
-      text = files.read_bounded(value[1:], files.MAX_TEXT_BYTES, "--inputs list").decode(
-          "utf-8", "replace")
-      specs.extend(line.strip() for line in text.splitlines()
-                   if line.strip() and not line.lstrip().startswith("#"))
-    elif os.path.exists(value) or glob.glob(value, recursive=True):
-      specs.append(value)
-    else:
-      specs.extend(value.split(","))
-  return specs
+  def __init__(self, total, enabled):
+    self.bar = tqdm(total=total, unit="frame", desc="predict", disable=not enabled,
+                    dynamic_ncols=True, file=sys.stdout)
+
+  def grow(self, count):
+    self.bar.total += max(0, count)
+    self.bar.refresh()
 
 
-def find_inputs(values):
-  """Expands `--inputs` values (`input_specs`): files, folders (recursively, image extensions)
-  and globs.
-
-  Returns:
-    (sorted unique paths, list of specs that matched nothing).
-  """
-  specs = input_specs(values)
-  paths, unmatched = [], []
-  for spec in (s.strip() for s in specs):
-    if not spec:
-      continue
-    if os.path.isdir(spec):
-      found = [os.path.join(root, name) for root, _, names in os.walk(spec) for name in names
-               if name.lower().endswith(IMAGE_EXTENSIONS)]
-    elif os.path.isfile(spec):
-      found = [spec]
-    else:
-      found = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
-    if not found:
-      unmatched.append(spec)
-    paths.extend(found)
-  return sorted(set(paths)), unmatched
+def _selected_count(info, selection):
+  """How many frames of a source `selection` picks (-1 where the frame count is unknown)."""
+  if info.n_frames < 0:
+    return -1
+  last = info.n_frames - 1 if selection.last is None else min(selection.last, info.n_frames - 1)
+  return max(0, (last - selection.first) // selection.step + 1) if last >= selection.first else 0
 
 
-def read_image(path, max_pixels=image_files.MAX_PIXELS, reduce_pixels=REDUCE_PIXELS):
-  """Reads and decodes one image file for prediction.
-
-  An image of up to `reduce_pixels` pixels is decoded with `tf.io.decode_image`, like the
-  `serving_default` signature, so pixels are identical (16-bit images become 8-bit the same way):
-  uint8 [H, W, C], C = 1, 3 or 4 (gray + alpha -> gray). A larger one (up to `max_pixels`, which
-  the header is checked against before decoding) is decoded to gray at one byte per pixel
-  (`images.decode_gray`) and shrunk to about `reduce_pixels` (area averaging) as it is read, so
-  memory stays bounded whatever the files: the model sees a 256x256 version anyway, and the
-  landmarks are mapped back to the original pixels.
-
-  Returns:
-    `(image, size_px)`: the uint8 [h, w, C] pixels and `(width, height)` of the original.
-
-  Raises:
-    ValueError naming the file when it cannot be read or decoded, or is too large.
-  """
-  encoded = image_files.read_bytes(path)
-  if not encoded:
-    raise ValueError(f"{path}: empty file")
-  image_files.check_size(encoded, str(path), max_pixels)
-  declared = image_files.encoded_size(encoded)
-  if declared is not None and reduce_pixels and declared[0] * declared[1] > reduce_pixels:
-    with _LARGE_DECODES:
-      gray = image_files.decode_gray(encoded, str(path))
-    del encoded
-    height, width = gray.shape
-    scale = math.sqrt(reduce_pixels / (width * height))
-    shape = (max(1, int(width * scale)), max(1, int(height * scale)))
-    return cv2.resize(gray, shape, interpolation=cv2.INTER_AREA)[..., None], (width, height)
+def _still(path, max_pixels):
+  """A still image's only frame, or the FrameError (or other exception) that refused it."""
   try:
-    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8,
-                               expand_animations=False).numpy()
-  except tf.errors.OpError as e:
-    message = e.message.splitlines()[0] if e.message else type(e).__name__
-    message = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", message)
-    raise ValueError(f"{path}: not a decodable PNG/JPEG/BMP/GIF image ({message})") from None
-  if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-    raise ValueError(f"{path}: decoded to an unusable shape {image.shape}")
-  if image.shape[-1] == 2:
-    image = image[..., :1]
-  return image, (image.shape[1], image.shape[0])
+    with frames_lib.StillSource(path, max_pixels) as source:
+      return source.frame(0)
+  except Exception as e:  # pylint: disable=broad-except
+    return e
 
 
-def _records(paths, images, sizes, out, min_confidence):
-  """Rows of the outputs; landmarks of reduced images (`read_image`) go back to the original."""
+def _reason(path, error):
+  """One line for a failed input (ValueError messages already name the file)."""
+  if isinstance(error, ValueError):
+    return str(error)
+  return f"{path}: cannot read ({type(error).__name__}: {predictor_lib.first_line(error)})"
+
+
+def _clip_frames(path, selection, max_pixels, failures, progress):
+  """Frames of one clip (or DICOM), decoded as asked for; a failure mid-way keeps those before."""
+  done = 0
+  try:
+    with frames_lib.open_source(path, max_pixels) as source:
+      progress.grow(_selected_count(source.info, selection) - 1)
+      for frame in source.frames(selection):
+        done += 1
+        yield frame
+  except Exception as e:  # pylint: disable=broad-except
+    kept = f"; stopped there, the {done} frames before were predicted and kept" if done else ""
+    failures.append((path, _reason(path, e) + kept))
+    progress.bar.update(1)
+
+
+def frame_stream(paths, selection, max_pixels, workers, failures, progress):
+  """Every selected frame of `paths`, in order: still images decoded on `workers` threads, clips
+  frame by frame. Unreadable inputs go to `failures` as `(path, reason)`."""
+  i = 0
+  while i < len(paths):
+    j = i
+    while j < len(paths) and frames_lib.kind_of(paths[j]) == "image":
+      j += 1
+    if j > i:
+      stills = parallel.ordered_map(lambda p: _still(p, max_pixels), paths[i:j], workers,
+                                    window=2 * max(1, workers))
+      for path, got in zip(paths[i:j], stills):
+        if isinstance(got, Exception):
+          failures.append((path, _reason(path, got)))
+          progress.bar.update(1)
+        else:
+          yield got
+      i = j
+      continue
+    yield from _clip_frames(paths[i], selection, max_pixels, failures, progress)
+    i += 1
+
+
+def _prefetched(iterator, size=_PREFETCH_FRAMES):
+  """`iterator`'s items, produced by a background thread up to `size` ahead."""
+  items = queue.Queue(maxsize=size)
+  done = object()
+  stop = threading.Event()
+
+  def produce():
+    try:
+      for item in iterator:
+        while not stop.is_set():
+          try:
+            items.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+    except BaseException as e:  # pylint: disable=broad-except
+      items.put(e)
+    items.put(done)
+
+  thread = threading.Thread(target=produce, name="aop_frames", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = items.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+def _batches(stream, batch_size):
+  batch = []
+  for frame in stream:
+    batch.append(frame)
+    if len(batch) == batch_size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+def _rows(batch, out, min_confidence, uncertainty_floor):
+  """Rows of one predicted batch; landmarks of reduced images go back to the stored pixels."""
   rows = []
-  for i, path in enumerate(paths):
-    width, height = sizes[i]
-    shown = (images[i].shape[1], images[i].shape[0])
+  for i, frame in enumerate(batch):
+    shown = (frame.image.shape[1], frame.image.shape[0])
     landmarks, aop = out["landmarks"][i], float(out["aop_deg"][i])
-    if shown != (width, height):
-      landmarks = geometry.rescale_points(landmarks, shown, (width, height)).numpy()
+    if shown != tuple(frame.size_px):
+      landmarks = geometry.rescale_points(landmarks, shown, frame.size_px).numpy()
       aop = float(geometry.aop_deg(landmarks))
-    row = {"filename": path, "width": int(width), "height": int(height)}
-    # NaN coordinates or peaks (a broken model) must not pass as confident answers.
-    for k, name in enumerate(LANDMARK_NAMES):
-      row[f"{name}_x"] = float(landmarks[k, 0])
-      row[f"{name}_y"] = float(landmarks[k, 1])
-    row["aop_deg"] = aop
-    row["aop_spread_deg"] = float(out["aop_spread_deg"][i])  # NaN for one model
-    row["aop_uncertainty_deg"] = float(out["aop_uncertainty_deg"][i])
-    for k, name in enumerate(LANDMARK_NAMES):
-      row[f"{name}_confidence"] = float(out["confidence"][i, k])
-    degenerate = not math.isfinite(row["aop_deg"])
-    finite = bool(np.all(np.isfinite(out["confidence"][i])) and np.all(np.isfinite(landmarks)))
-    lowest = float(np.min(out["confidence"][i]))
-    row["low_confidence"] = bool(not finite or not lowest >= min_confidence or degenerate)
-    row["degenerate"] = degenerate
-    rows.append(row)
+    spread = float(out["aop_spread_deg"][i]) if "aop_spread_deg" in out else math.nan
+    rows.append(results.prediction_row(frame, landmarks, aop, out["confidence"][i], spread,
+                                       min_confidence, uncertainty_floor))
   return rows
 
 
 def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3, progress=True,
-                  on_batch=None, max_pixels=image_files.MAX_PIXELS, uncertainty_floor=None):
-  """Predicts every file; unreadable ones are skipped and reported, never abort the run.
+                  on_batch=None, max_pixels=image_files.MAX_PIXELS, uncertainty_floor=None,
+                  selection=frames_lib.ALL_FRAMES):
+  """Predicts every frame of every input; unreadable ones are skipped and reported, never abort
+  the run.
 
   Args:
     model: a `predictor.Predictor` (anything with `predict(list of uint8 [H,W,C]) -> dict`).
-    paths: image file paths.
-    batch_size: images per model call (equal-size runs within a batch go in one call).
-    num_workers: reader/decoder threads.
+    paths: inputs (`inputs.find_inputs`): still images, DICOMs, videos, folders of frames.
+    batch_size: frames per model call.
+    num_workers: threads decoding still images.
     min_confidence: rows whose lowest peak is below this (or not finite, or whose AoP is
-      undefined) get `low_confidence` True.
-    progress: show a tqdm bar.
-    on_batch: optional `on_batch(paths, images, outputs)` (e.g. overlays); `outputs` are the
-      predictor's plus `aop_uncertainty_deg`.
-    max_pixels: files whose header declares more pixels are skipped (0: no limit).
+      undefined) get `low_confidence` True and a `flag_reason`.
+    progress: show a progress bar (frames).
+    on_batch: optional `on_batch(frames, outputs)` (e.g. overlays); `outputs` are the
+      predictor's, in the pixels of each `frame.image`.
+    max_pixels: still images whose header declares more pixels are skipped (0: no limit).
     uncertainty_floor: degrees; `aop_uncertainty_deg` = sqrt(spread^2 + floor^2) (the model
       card's `uncertainty.floor_deg`); None: the spread alone.
+    selection: which frames of clips (`frames.parse_selection`).
 
   Returns:
-    (rows: list of dicts in `paths` order, failures: list of (path, reason));
-    `len(rows) + len(failures) == len(paths)`.
+    `(rows, failures)`: `results.prediction_row` dicts in input order, and `(path, reason)` of
+    every input (or clip tail) that could not be read; a still image is a row or a failure.
   """
-  def read(path):
-    return read_image(path, max_pixels)
-
-  rows, failures, sizes = [], [], {}
-  batch_size = max(1, int(batch_size))
-  with futures.ThreadPoolExecutor(max(1, int(num_workers))) as pool, \
-      tqdm(total=len(paths), unit="img", desc="predict", disable=not progress,
-           dynamic_ncols=True, file=sys.stdout) as bar:
-    # Decoding runs ahead of the model by two batches.
-    pending = [pool.submit(read, p) for p in paths[:2 * batch_size]]
-    next_index = len(pending)
-    for start in range(0, len(paths), batch_size):
-      batch_paths = paths[start:start + batch_size]
-      good_paths, images = [], []
-      for path in batch_paths:
-        job = pending.pop(0)
-        if next_index < len(paths):
-          pending.append(pool.submit(read, paths[next_index]))
-          next_index += 1
-        try:
-          image, sizes[path] = job.result()
-          images.append(image)
-          good_paths.append(path)
-        except Exception as e:  # pylint: disable=broad-except
-          reason = str(e) if isinstance(e, ValueError) else (
-              f"{path}: cannot read ({type(e).__name__}: {predictor_lib.first_line(e)})")
-          failures.append((path, reason))
-          tqdm.write(f"[predict] skipped {reason}", file=sys.stderr)
-      if images:
-        ok_paths, ok_images, out = _predict_batch(model, good_paths, images, failures)
-        if ok_paths:
-          # A single model (or a stand-in predictor) has no spread: NaN.
-          spreads = out.get("aop_spread_deg", np.full(len(ok_paths), np.nan, np.float32))
-          out["aop_spread_deg"] = spreads
-          out["aop_uncertainty_deg"] = np.array(
-              [zoo.aop_uncertainty_deg(float(s), uncertainty_floor) for s in spreads], np.float32)
-          rows.extend(_records(ok_paths, ok_images, [sizes.pop(p) for p in ok_paths], out,
-                               min_confidence))
-          if on_batch is not None:
-            on_batch(ok_paths, ok_images, out)
-      bar.update(len(batch_paths))
+  rows, failures = [], []
+  bar = _Progress(len(paths), progress)
+  stream = _prefetched(frame_stream(paths, selection, max_pixels, num_workers, failures, bar))
+  with bar.bar:
+    for batch in _batches(stream, max(1, int(batch_size))):
+      ok, out = _predict_batch(model, batch, failures)
+      if ok:
+        rows.extend(_rows(ok, out, min_confidence, uncertainty_floor))
+        if on_batch is not None:
+          on_batch(ok, out)
+      bar.bar.update(len(batch))
   return rows, failures
 
 
-def _predict_batch(model, paths, images, failures):
-  """One model call; if it fails, image by image so that only the culprit is skipped."""
+def _predict_batch(model, batch, failures):
+  """One model call; if it fails, frame by frame so that only the culprit is skipped."""
   try:
-    return paths, images, model.predict(images)
+    return batch, model.predict([frame.image for frame in batch])
   except Exception:  # pylint: disable=broad-except
     pass
-  ok_paths, ok_images, parts = [], [], []
-  for path, image in zip(paths, images):
+  ok, parts = [], []
+  for frame in batch:
     try:
-      parts.append(model.predict([image]))
-      ok_paths.append(path)
-      ok_images.append(image)
+      parts.append(model.predict([frame.image]))
+      ok.append(frame)
     except Exception as e:  # pylint: disable=broad-except
-      reason = (f"{path}: the model failed on this {image.shape} image ({type(e).__name__}: "
-                f"{predictor_lib.first_line(e)})")
-      failures.append((path, reason))
+      reason = (f"{frame.name}: the model failed on this {frame.image.shape} image "
+                f"({type(e).__name__}: {predictor_lib.first_line(e)})")
+      failures.append((frame.name, reason))
       tqdm.write(f"[predict] skipped {reason}", file=sys.stderr)
   if not parts:
-    return [], [], None
-  return ok_paths, ok_images, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return [], None
+  return ok, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def write_csv(path, rows):
-  """One row per image: filename, PS1_x, PS1_y, ..., aop_deg, aop_spread_deg,
-  aop_uncertainty_deg, PS1_confidence, ..., low_confidence, degenerate (1/0); coordinates in each
-  image's pixels, 3 decimals; NaN as nan."""
-  columns = (["filename"] + [f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y")] +
-             ["aop_deg", "aop_spread_deg", "aop_uncertainty_deg"] +
-             [f"{n}_confidence" for n in LANDMARK_NAMES] +
-             ["low_confidence", "degenerate"])
-  _ensure_parent(path)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, columns, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else int(v) if isinstance(v, bool)
-                           else v) for k, v in row.items()})
-
-
-def write_json(path, rows, failures, model_path):
-  """`{"model", "n_images", "n_failed", "failed": [{filename, reason}], "predictions": rows}`."""
-  _ensure_parent(path)
-  clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in row.items()} for row in rows]
-  payload = {"model": model_path, "n_images": len(rows), "n_failed": len(failures),
-             "failed": [{"filename": p, "reason": r} for p, r in failures],
-             "predictions": clean}
-  with open(path, "w") as f:
-    json.dump(payload, f, indent=2)
-    f.write("\n")
+def write_outputs(path, fmt, rows, failures, model_path):
+  """CSV (`results.PREDICTION_COLUMNS`) or JSON (`{"model", "n_images", "n_failed", "failed":
+  [{filename, reason}], "predictions": rows}`), written atomically."""
+  if fmt == "json":
+    results.write_json(path, {"model": model_path, "n_images": len(rows),
+                              "n_failed": len(failures),
+                              "failed": [{"filename": p, "reason": r} for p, r in failures],
+                              "predictions": rows})
+  else:
+    results.write_csv(path, rows)
 
 
 def pseudo_label_rows(rows, semi, root):
@@ -333,16 +296,11 @@ def pseudo_label_rows(rows, semi, root):
 
 
 def write_pseudo_labels(path, records, sort="input"):
-  """Writes `pseudo_label_rows` as CSV; `sort="confidence"`: least confident first."""
+  """Writes `pseudo_label_rows` as CSV atomically; `sort="confidence"`: least confident first."""
   if sort == "confidence":
     records = sorted(records, key=lambda r: (r["min_confidence"], r["Filename"]))
-  _ensure_parent(path)
   columns = ["Filename", *LANDMARK_NAMES, "AoP", "min_confidence", *pseudo.VERDICTS, "kept"]
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, columns)
-    writer.writeheader()
-    for record in records:
-      writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in record.items()})
+  results.write_csv(path, records, columns)
 
 
 def select_for_labelling(records, count):
@@ -352,38 +310,36 @@ def select_for_labelling(records, count):
   return [r["Filename"] for r in ranked[:max(0, int(count))]]
 
 
-def _ensure_parent(path):
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
+def output_stem(name, common_root=None):
+  """A file stem for an input or frame name: its path under `common_root` with folders joined by
+  `__` and a clip's `#frame` as `_fNNNNN` (`scans/a.png` -> `scans__a`, `c.mp4#7` -> `c_f00007`)."""
+  path, index = frames_lib.split_frame_name(name)
+  rel = (os.path.relpath(os.path.abspath(path), common_root) if common_root
+         else os.path.basename(path))
+  stem = os.path.splitext(rel)[0].replace(os.sep, "__")
+  return stem if index is None else f"{stem}_f{index:05d}"
 
 
-def overlay_writer(overlay_dir, common_root=None):
-  """`on_batch` callback writing `<overlay_dir>/<relative path>.png` overlays of the predictions,
-  the AoP written with its uncertainty (`aop_uncertainty_deg` of `predict_files`) where there is
-  one."""
-  from aop_tf import visualize
+def overlay_writer(overlay_dir, common_root=None, uncertainty_floor=None):
+  """`on_batch` callback writing `<overlay_dir>/<output_stem>.png` overlays of the predictions,
+  the AoP written with its uncertainty (`results.aop_uncertainty_deg`) where there is one."""
+  from aop_tf import visualize  # pylint: disable=import-outside-toplevel
 
-  def name_for(path):
-    rel = (os.path.relpath(os.path.abspath(path), common_root) if common_root
-           else os.path.basename(path))
-    stem = os.path.splitext(rel)[0].replace(os.sep, "__")
-    return os.path.join(overlay_dir, stem + ".png")
-
-  def on_batch(paths, images, out):
-    plus = out.get("aop_uncertainty_deg", [math.nan] * len(paths))
-    for i, (path, image) in enumerate(zip(paths, images)):
-      height, width = image.shape[:2]
+  def on_batch(batch, out):
+    spread = out.get("aop_spread_deg", np.full(len(batch), np.nan))
+    for i, frame in enumerate(batch):
+      height, width = frame.image.shape[:2]
       # Upscale small images to 512 px, but keep the canvas of a thin strip (e.g. 1x10000) small.
       min_size = int(max(1, min(512, 4096 * min(height, width) / max(height, width))))
       try:
-        rgb = visualize.overlay(image, pred=out["landmarks"][i],
-                                aop_pred=float(out["aop_deg"][i]),
-                                aop_pred_spread=float(plus[i]),
-                                title=os.path.basename(path),
-                                min_size=min_size)
-        visualize.save_png(name_for(path), rgb)
+        rgb = visualize.overlay(
+            frame.image, pred=out["landmarks"][i], aop_pred=float(out["aop_deg"][i]),
+            aop_pred_spread=results.aop_uncertainty_deg(spread[i], uncertainty_floor),
+            title=os.path.basename(frame.name), min_size=min_size)
+        visualize.save_png(os.path.join(overlay_dir, output_stem(frame.name, common_root) +
+                                        ".png"), rgb)
       except (ValueError, OSError, MemoryError, cv2.error) as e:  # The prediction stands.
-        tqdm.write(f"[predict] warning: no overlay for {path} ({type(e).__name__}: "
+        tqdm.write(f"[predict] warning: no overlay for {frame.name} ({type(e).__name__}: "
                    f"{predictor_lib.first_line(e)})", file=sys.stderr)
 
   return on_batch
@@ -396,9 +352,18 @@ def _define_flags():
   """Defined only when run as a program, so importing the module defines no global flags."""
   flags.DEFINE_string("model", None, "SavedModel folder (saved_models/<name>), .tflite file or "
                       "training directory.")
-  flags.DEFINE_multi_string("inputs", None, "Image files, folders (searched recursively) or "
-                            "globs; repeat the flag, give @list.txt (one a line), or separate "
-                            "them by commas.")
+  flags.DEFINE_multi_string("inputs", None, "Images, DICOMs, videos (mp4/avi/mov), folders "
+                            "(searched recursively) or globs; repeat the flag, give @list.txt "
+                            "(one a line), or separate them by commas.")
+  flags.DEFINE_boolean("clip_dirs", False, "A folder of numbered still images is one clip "
+                       "(frames in natural order) instead of separate images.")
+  flags.DEFINE_string("frames", "all", "Frames of clips and multi-frame DICOMs: all, every:N or "
+                      "FIRST:LAST (0-based, inclusive).")
+  flags.DEFINE_string("clip_summary_dir", None, "Per clip: the AoP trace JSON, its plot and a "
+                      "contact sheet of key frames (default: <output>_clips/ when a clip is "
+                      "among the inputs).")
+  flags.DEFINE_integer("smooth_frames", trace.DEFAULT_WINDOW, "Clip traces: window of the "
+                       "robust smoother (a running median over confident frames), frames.")
   flags.DEFINE_string("output", None, "Output file (.csv or .json).")
   flags.DEFINE_enum("format", None, ["csv", "json", "pseudo"], "Output format; default from "
                     "--output's extension (csv otherwise). pseudo: a pseudo-label CSV that "
@@ -445,6 +410,36 @@ def _write_pseudo(rows, paths, model):
     print(f"[predict] the {min(FLAGS.select, len(records))} images to label next: {path}")
 
 
+def _find(values, clip_dirs):
+  paths, unmatched = inputs_lib.find_inputs(values, clip_dirs)
+  if not paths:
+    raise FileNotFoundError(f"--inputs {','.join(values)}: no images, DICOMs or videos there "
+                            f"({', '.join(inputs_lib.MEDIA_SUFFIXES)} in folders; files and "
+                            "globs as given); check the paths.")
+  for spec in unmatched:
+    print(f"[predict] warning: --inputs entry {spec!r} matched no input", file=sys.stderr)
+  return paths
+
+
+def _summarise_clips(rows, paths):
+  """--clip_summary_dir: a trace JSON, plot and contact sheet per clip among the rows."""
+  clips = collections.OrderedDict()
+  for row in rows:
+    if row["frame"] != "":
+      clips.setdefault(row["source"], []).append(row)
+  if not clips:
+    return
+  folder = FLAGS.clip_summary_dir or os.path.splitext(FLAGS.output)[0] + "_clips"
+  root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+  for source, clip_rows in clips.items():
+    stem = os.path.join(folder, output_stem(source, root))
+    summary = trace.write_summary(stem, source, clip_rows, FLAGS.smooth_frames, FLAGS.max_pixels)
+    print(f"[predict] clip {source}: {summary['n_frames']} frames, AoP median "
+          f"{summary['aop_deg']['median']:.1f} deg (min {summary['aop_deg']['min']:.1f}, max "
+          f"{summary['aop_deg']['max']:.1f}), {100 * summary['low_confidence_share']:.0f} % "
+          f"low confidence -> {stem}.json, {stem}_trace.png, {stem}_frames.png")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -452,13 +447,11 @@ def main(argv):
     if not FLAGS[name].value:
       raise app.UsageError(f"--{name} is required.")
   fmt = FLAGS.format or ("json" if FLAGS.output.lower().endswith(".json") else "csv")
-  paths, unmatched = find_inputs(FLAGS.inputs)
-  if not paths:
-    raise FileNotFoundError(f"--inputs {','.join(FLAGS.inputs)}: no image files there "
-                            f"({', '.join(IMAGE_EXTENSIONS)} in folders; files and globs as "
-                            "given); check the paths.")
-  for spec in unmatched:
-    print(f"[predict] warning: --inputs entry {spec!r} matched no image file", file=sys.stderr)
+  try:
+    selection = frames_lib.parse_selection(FLAGS.frames)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  paths = _find(FLAGS.inputs, FLAGS.clip_dirs)
   interpreters = FLAGS.num_interpreters or min(os.cpu_count() or 1, max(1, FLAGS.batch_size))
   bfloat16 = predictor_lib.native_bfloat16() if FLAGS.bfloat16 is None else FLAGS.bfloat16
   model = predictor_lib.load(FLAGS.model, bfloat16=bfloat16, num_threads=FLAGS.num_threads,
@@ -469,27 +462,26 @@ def main(argv):
   on_batch = None
   if FLAGS.overlay_dir:
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    on_batch = overlay_writer(FLAGS.overlay_dir, root)
+    on_batch = overlay_writer(FLAGS.overlay_dir, root, uncertainty_floor)
   start = time.perf_counter()
   rows, failures = predict_files(model, paths, FLAGS.batch_size, FLAGS.num_workers,
-                                 min_confidence, on_batch=on_batch,
-                                 max_pixels=FLAGS.max_pixels, uncertainty_floor=uncertainty_floor)
+                                 min_confidence, on_batch=on_batch, max_pixels=FLAGS.max_pixels,
+                                 uncertainty_floor=uncertainty_floor, selection=selection)
   seconds = time.perf_counter() - start
-  if fmt == "json":
-    write_json(FLAGS.output, rows, failures, FLAGS.model)
-  elif fmt == "pseudo":
+  if fmt == "pseudo":
     _write_pseudo(rows, paths, model)
   else:
-    write_csv(FLAGS.output, rows)
+    write_outputs(FLAGS.output, fmt, rows, failures, FLAGS.model)
   n_low = sum(row["low_confidence"] for row in rows)
   n_degenerate = sum(row["degenerate"] for row in rows)
   print(f"[predict] {len(rows)} images -> {FLAGS.output} in {seconds:.1f} s "
         f"({len(rows) / max(seconds, 1e-9):.1f} img/s); {n_low} low confidence "
         f"(< {min_confidence}), {n_degenerate} with undefined AoP; {len(failures)} skipped")
-  for path, reason in failures:
+  for _, reason in failures:
     print(f"[predict]   skipped: {reason}", file=sys.stderr)
   if FLAGS.overlay_dir:
     print(f"[predict] overlays in {os.path.abspath(FLAGS.overlay_dir)}")
+  _summarise_clips(rows, paths)
   return 0 if rows else 1
 
 

@@ -62,15 +62,6 @@ def uncertainty_floor_deg(model):
   return card_of(model).get("uncertainty", {}).get("floor_deg")
 
 
-def aop_uncertainty_deg(spread_deg, floor_deg):
-  """The AoP uncertainty predict reports, degrees: `sqrt(spread^2 + floor^2)` with the floor of
-  the model's card; the spread alone without one (NaN for one model without a card)."""
-  if floor_deg is None:
-    return spread_deg
-  spread = spread_deg if math.isfinite(spread_deg) else 0.0
-  return math.sqrt(spread * spread + floor_deg * floor_deg)
-
-
 # ---------------------------------------------------------------------------------------------
 # Building a shipped model: python -m aop_tf.zoo --name=psfhs --members=runs/a,runs/b,...
 
@@ -101,7 +92,7 @@ def _sections(report_dir):
   report = model_dir_lib.read_json(os.path.join(report_dir, evaluate.REPORT_FILE))
   columns = evaluate.read_per_image(os.path.join(report_dir, evaluate.PER_IMAGE_FILE))
   errors, spreads = columns["aop_error_deg"], columns["aop_spread_deg"]
-  lowest = np.min(np.stack([columns[f"conf_{n}"] for n in ("PS1", "PS2", "FH1")]), axis=0)
+  lowest = np.min(np.stack([columns[f"{n}_confidence"] for n in ("PS1", "PS2", "FH1")]), axis=0)
   bad = errors > BAD_AOP_DEG
   # The flag: lowest peak confidence below a threshold; chosen here, on val, so that it catches
   # at least half of the > 10 deg AoP errors (scores: 1 - confidence, higher = more suspect).

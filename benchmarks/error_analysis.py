@@ -24,6 +24,7 @@ from absl import app, flags
 import numpy as np
 
 from aop_tf import LANDMARK_NAMES
+from aop_tf import results
 
 flags.DEFINE_string("eval_dir", None, "Folder with per_image.csv from `python -m aop_tf.evaluate`.")
 flags.DEFINE_string("psfhs_dir", None, "Raw PSFHS folder (masks/ and <split>.csv); default "
@@ -50,13 +51,14 @@ def prediction_geometry(rows):
     return np.array([[float(r[f"{prefix}_{name}_x"]), float(r[f"{prefix}_{name}_y"])]
                      for r in rows])
   gt = {k: points("gt", k) for k in LANDMARK_NAMES}
-  pred = {k: points("pred", k) for k in LANDMARK_NAMES}
+  pred = {k: np.array([[float(r[f"{k}_x"]), float(r[f"{k}_y"])] for r in rows])
+          for k in LANDMARK_NAMES}
   ray_ps = _wrap(_direction_deg(pred["PS2"] - pred["PS1"]) - _direction_deg(gt["PS2"] - gt["PS1"]))
   ray_fh = _wrap(_direction_deg(pred["FH1"] - pred["PS1"]) - _direction_deg(gt["FH1"] - gt["PS1"]))
   length = np.linalg.norm(pred["PS2"] - pred["PS1"], axis=1)
   length_gt = np.linalg.norm(gt["PS2"] - gt["PS1"], axis=1)
   mid = np.linalg.norm((pred["PS1"] + pred["PS2"] - gt["PS1"] - gt["PS2"]) / 2, axis=1)
-  aop = np.array([float(r["aop_pred_deg"]) - float(r["aop_gt_deg"]) for r in rows])
+  aop = np.array([float(r["aop_deg"]) - float(r["aop_gt_deg"]) for r in rows])
   return {
       "images": len(rows),
       "ray_ps1_ps2_direction_error_deg": float(np.mean(np.abs(ray_ps))),
@@ -130,7 +132,8 @@ def main(argv):
   if not os.path.exists(per_image):
     raise app.UsageError(f"No {per_image}: run `python -m aop_tf.evaluate` first.")
   with open(per_image, newline="") as f:
-    rows = list(csv.DictReader(f))
+    # Files written before the one layout name the predictions pred_PS1_x, aop_pred_deg.
+    rows = [{results.OLD_NAMES.get(k, k): v for k, v in r.items()} for r in csv.DictReader(f)]
   result = {"eval_dir": FLAGS.eval_dir, "predictions": prediction_geometry(rows)}
   from data_prep import build  # pylint: disable=import-outside-toplevel
   psfhs = FLAGS.psfhs_dir or build.default_psfhs_dir()

@@ -13,7 +13,7 @@ with `csv.writer` into split CSVs, plus `--raw_csvs` whole CSV files mutated at 
 (encodings, BOMs, bit flips, truncation). Then three stages, each in its own process so that a
 crash of a native decoder (a signal) is caught and reported rather than ending the run:
 
-  decode      `aop_tf.io.images.decode_gray` and `aop_tf.predict.read_image` on every image file
+  decode      `aop_tf.io.images.decode_gray` and `aop_tf.io.frames.read_still` on every image file
   data_prep   `aop_tf.io.labels.read_rows` + `iter_records` and `data_prep.build.build_dataset` on every
               CSV: rows read = rows in the file, written + skipped = read, and the two agree
   predict     `aop_tf.predict.predict_files` with a tiny exported model (SavedModel and TFLite):
@@ -285,12 +285,12 @@ def _crash(crashes, where, error):
 
 def stage_decode(manifest):
   """Each file gets one outcome per reader: decoded, refused (the clear error) or crashed."""
-  from aop_tf import predict  # pylint: disable=import-outside-toplevel
+  from aop_tf.io import frames  # pylint: disable=import-outside-toplevel
   from aop_tf.io import images  # pylint: disable=import-outside-toplevel
   readers = {
       "data_prep_read_gray": (lambda p: images.decode_gray(images.read_bytes(p), p),
                               images.ImageError),
-      "predict_read_image": (lambda p: predict.read_image(p)[0], ValueError),
+      "predict_read_image": (lambda p: frames.read_still(p)[0], ValueError),
   }
   outcomes = {name: collections.Counter() for name in readers}
   crashes = []

@@ -119,10 +119,11 @@ def _read_labels(psfhs_dir, split):
 
 
 def _read_predictions(path):
-  with open(path, newline="") as f:
-    return {r["filename"]: np.array([[float(r[f"pred_{k}_x"]), float(r[f"pred_{k}_y"])]
-                                     for k in LANDMARK_NAMES], np.float32)
-            for r in csv.DictReader(f)}
+  from aop_tf import results  # pylint: disable=import-outside-toplevel
+  columns = results.read_csv(path)
+  points = np.stack([np.stack([columns[f"{k}_x"], columns[f"{k}_y"]], -1)
+                     for k in LANDMARK_NAMES], 1).astype(np.float32)
+  return dict(zip(columns["filename"], points))
 
 
 def _aop(points):

@@ -48,7 +48,7 @@ FLAGS = flags.FLAGS
 def side_of_120(columns):
   """AoP error and agreement for images whose labelled AoP is below / at or above 120 deg
   (`columns`: `evaluate.read_per_image`)."""
-  gt, pred, err = columns["aop_gt_deg"], columns["aop_pred_deg"], columns["aop_error_deg"]
+  gt, pred, err = columns["aop_gt_deg"], columns["aop_deg"], columns["aop_error_deg"]
   out = {}
   for name, mask in (("below_120", gt < 120), ("at_or_above_120", gt >= 120)):
     same = (pred[mask] >= 120) == (gt[mask] >= 120)
@@ -83,9 +83,9 @@ def confidence(columns, card_flag, n_boot, seed=0):
   """AUROC (with bootstrap 95 % interval) of each score, the card's flag, reliability bins."""
   from aop_tf import metrics  # pylint: disable=import-outside-toplevel
   err = columns["aop_error_deg"]
-  lowest = np.min(np.stack([columns[f"conf_{n}"] for n in ("PS1", "PS2", "FH1")]), axis=0)
+  lowest = np.min(np.stack([columns[f"{n}_confidence"] for n in ("PS1", "PS2", "FH1")]), axis=0)
   scores = {"aop_spread_deg": columns["aop_spread_deg"], "one_minus_min_confidence": 1 - lowest,
-            "one_minus_fh1_confidence": 1 - columns["conf_FH1"]}
+            "one_minus_fh1_confidence": 1 - columns["FH1_confidence"]}
   bad = err > BAD_DEG
   rng = np.random.default_rng(seed)
   out = {"n_images": len(err), "n_bad": int(bad.sum()), "bad_deg": BAD_DEG, "scores": {}}
@@ -126,7 +126,7 @@ def member_error_correlation(runs_dir, members, shipped):
     columns = evaluate.read_per_image(path)
     if columns["filename"] != shipped["filename"]:
       return {"skipped": f"{path} holds other images"}
-    signed.append(columns["aop_pred_deg"] - gt)
+    signed.append(columns["aop_deg"] - gt)
   signed = np.stack(signed)
   corr = np.corrcoef(signed)
   shared = signed.mean(axis=0)

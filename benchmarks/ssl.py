@@ -213,9 +213,9 @@ def pseudo_quality(label, semi):
     result[f"{method}_all"] = _errors(columns, unlabeled)
     if method != "heatmap":
       continue
-    points = np.stack([np.stack([columns[f"pred_{n}_x"], columns[f"pred_{n}_y"]], -1)
+    points = np.stack([np.stack([columns[f"{n}_x"], columns[f"{n}_y"]], -1)
                        for n in LANDMARK_NAMES], 1)
-    confidence = np.stack([columns[f"conf_{n}"] for n in LANDMARK_NAMES], -1)
+    confidence = np.stack([columns[f"{n}_confidence"] for n in LANDMARK_NAMES], -1)
     size = np.stack([columns["width"], columns["height"]], -1)
     verdict = {k: v.numpy() for k, v in pseudo.verdicts(points, confidence, size, semi).items()}
     result["verdict_share"] = {k: float(np.mean(v[unlabeled])) for k, v in verdict.items()}

@@ -7,10 +7,10 @@ from benchmarks import error_analysis
 
 
 def _row(gt, pred, aop_gt, aop_pred):
-  row = {"aop_gt_deg": str(aop_gt), "aop_pred_deg": str(aop_pred)}
-  for prefix, pts in (("gt", gt), ("pred", pred)):
+  row = {"aop_gt_deg": str(aop_gt), "aop_deg": str(aop_pred)}
+  for prefix, pts in (("gt_", gt), ("", pred)):
     for name, (x, y) in zip(("PS1", "PS2", "FH1"), pts):
-      row[f"{prefix}_{name}_x"], row[f"{prefix}_{name}_y"] = str(x), str(y)
+      row[f"{prefix}{name}_x"], row[f"{prefix}{name}_y"] = str(x), str(y)
   return row
 
 

@@ -64,8 +64,9 @@ def test_evaluate_writes_report_csv_and_overlays(phantom_dir, model_dir):
 
   rows = _read_csv(os.path.join(out, "per_image.csv"))
   assert len(rows) == N_VAL
-  for column in ("filename", "gt_PS1_x", "pred_FH1_y", "err_PS2_px", "err_PS2_512",
-                 "aop_gt_deg", "aop_pred_deg", "aop_error_deg", "degenerate", "conf_FH1"):
+  for column in ("filename", "gt_PS1_x", "FH1_y", "err_PS2_px", "err_PS2_512",
+                 "aop_gt_deg", "aop_deg", "aop_error_deg", "degenerate", "FH1_confidence",
+                 "low_confidence", "flag_reason"):
     assert column in rows[0], column
   mean_from_csv = np.mean([[float(r[f"err_{n}_px"]) for n in ("PS1", "PS2", "FH1")]
                            for r in rows])
@@ -100,7 +101,7 @@ def test_degenerate_predictions_are_reported_not_fatal(phantom_dir, tmp_path):
   assert report["aop_error_deg"]["mean"] is None
   rows = _read_csv(os.path.join(folder, "eval_val", "per_image.csv"))
   assert [r["degenerate"] for r in rows] == ["1"] * N_VAL
-  assert all(r["aop_pred_deg"] == "" for r in rows)
+  assert all(r["aop_deg"] == "nan" for r in rows)
   assert os.path.exists(os.path.join(folder, "eval_val", "report.json"))
 
 

@@ -12,6 +12,8 @@ import tensorflow as tf
 from aop_tf import LANDMARK_NAMES
 from aop_tf import export
 from aop_tf import predict
+from aop_tf.io import frames
+from aop_tf.io import inputs
 from aop_tf import predictor
 from aop_tf import serving
 from aop_tf.model import build_unet
@@ -48,7 +50,8 @@ def setup(tmp_path_factory):
     good[str(images_dir / name)] = image
   jpeg = tf.io.encode_jpeg(make_image((70, 90, 3), seed=9), quality=95).numpy()
   (images_dir / "f.jpg").write_bytes(jpeg)
-  good[str(images_dir / "f.jpg")] = tf.io.decode_image(jpeg, expand_animations=False).numpy()
+  # predict decodes JPEGs with OpenCV's accurate IDCT (TF's decode_image uses the fast one).
+  good[str(images_dir / "f.jpg")] = frames.decode_still(jpeg, "f.jpg")[0]
   (images_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
   (images_dir / "empty.png").write_bytes(b"")
   (images_dir / "notes.txt").write_text("not an image")
@@ -59,7 +62,7 @@ def setup(tmp_path_factory):
 
 def test_find_inputs(setup):
   d = setup["images_dir"]
-  paths, unmatched = predict.find_inputs(f"{d},{d}/a.png, {d}/*.jpg,{d}/nothing*.png")
+  paths, unmatched = inputs.find_inputs(f"{d},{d}/a.png, {d}/*.jpg,{d}/nothing*.png")
   assert unmatched == [f"{d}/nothing*.png"]
   assert paths == sorted(set(paths))
   assert os.path.join(d, "sub", "d.png") in paths  # folders are searched recursively
@@ -70,9 +73,9 @@ def test_find_inputs(setup):
 def test_read_image_errors_name_the_file(setup):
   for path in setup["bad"]:
     with pytest.raises(ValueError, match=os.path.basename(path)):
-      predict.read_image(path)
+      frames.read_still(path)
   with pytest.raises(ValueError, match="cannot read"):
-    predict.read_image(os.path.join(setup["images_dir"], "missing.png"))
+    frames.read_still(os.path.join(setup["images_dir"], "missing.png"))
 
 
 @pytest.mark.parametrize("backend", ["savedmodel", "tflite"])
@@ -81,7 +84,7 @@ def test_predict_files_skips_bad_and_matches_keras(setup, backend):
   if backend == "tflite":
     path = os.path.join(path, "model.tflite")
   model = predictor.load(path)
-  paths, _ = predict.find_inputs(setup["images_dir"])
+  paths, _ = inputs.find_inputs(setup["images_dir"])
   rows, failures = predict.predict_files(model, paths, batch_size=3, num_workers=2,
                                          progress=False)
   assert sorted(p for p, _ in failures) == sorted(setup["bad"])
@@ -162,9 +165,11 @@ def test_cli_csv_json_and_overlays(setup, tmp_path, entry_points):
   with open(tmp_path / "out.csv") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == len(setup["good"])
-  assert list(rows[0]) == (["filename", "PS1_x", "PS1_y", "PS2_x", "PS2_y", "FH1_x", "FH1_y",
+  assert list(rows[0]) == (["filename", "source", "frame", "time_s", "width", "height",
+                            "PS1_x", "PS1_y", "PS2_x", "PS2_y", "FH1_x", "FH1_y",
                             "aop_deg", "aop_spread_deg", "aop_uncertainty_deg", "PS1_confidence",
-                            "PS2_confidence", "FH1_confidence", "low_confidence", "degenerate"])
+                            "PS2_confidence", "FH1_confidence", "ps_length_mm", "low_confidence",
+                            "flag_reason", "degenerate"])
   assert "2 skipped" in stdout
   assert "broken.png" in stderr and "empty.png" in stderr
   overlays = sorted(os.listdir(tmp_path / "overlays"))

@@ -23,6 +23,8 @@ from aop_tf import predictor
 from aop_tf import serving
 from aop_tf import train
 from aop_tf.io import files
+from aop_tf.io import frames
+from aop_tf.io import inputs
 from aop_tf.io import labels
 from data_prep import build
 import helpers
@@ -65,11 +67,11 @@ def test_special_files_are_skipped_with_a_reason_never_read(special):
       files.read_bounded(str(special / "fifo.png"), 100)
     with pytest.raises(files.FileError, match="zero.png: file is a device"):
       files.read_bounded(str(special / "zero.png"), 100)
-    paths, _ = predict.find_inputs(str(special))
+    paths, _ = inputs.find_inputs(str(special))
     failures = {}
     for path in paths:
       try:
-        predict.read_image(path)
+        frames.read_still(path)
       except ValueError as e:
         failures[os.path.basename(path)] = str(e)
     assert set(failures) == {"fifo.png", "zero.png"}  # dir.png is no file: not listed at all
@@ -95,7 +97,7 @@ def test_special_files_are_skipped_with_a_reason_never_read(special):
 
 def test_large_images_are_shrunk_as_read_and_answered_in_their_own_pixels(tmp_path):
   path = _png(str(tmp_path), "big.png", shape=(2500, 3000))
-  image, size = predict.read_image(path, reduce_pixels=1_000_000)
+  image, size = frames.read_still(path, reduce_pixels=1_000_000)
   assert size == (3000, 2500) and image.shape[0] * image.shape[1] <= 1_000_000
   assert abs(image.shape[1] / image.shape[0] - 3000 / 2500) < 0.01
 
@@ -287,6 +289,6 @@ def test_inputs_repeat_read_list_files_and_keep_the_comma_form(tmp_path):
   two = _png(str(tmp_path), "two.png")
   three = _png(str(tmp_path), "three.png")
   (tmp_path / "list.txt").write_text(f"# scans\n{one}\n{two}\n")
-  assert predict.find_inputs([one, two])[0] == sorted([one, two])
-  assert predict.find_inputs([f"@{tmp_path / 'list.txt'}"])[0] == sorted([one, two])
-  assert predict.find_inputs([f"{two},{three}"])[0] == sorted([two, three])
+  assert inputs.find_inputs([one, two])[0] == sorted([one, two])
+  assert inputs.find_inputs([f"@{tmp_path / 'list.txt'}"])[0] == sorted([one, two])
+  assert inputs.find_inputs([f"{two},{three}"])[0] == sorted([two, three])

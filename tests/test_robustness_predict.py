@@ -22,6 +22,8 @@ import tensorflow as tf
 
 from aop_tf import export
 from aop_tf import predict
+from aop_tf.io import frames
+from aop_tf.io import inputs
 from aop_tf import predictor
 from aop_tf import serving
 from aop_tf.model import build_unet
@@ -122,7 +124,7 @@ def test_one_bad_file_in_a_batch_is_skipped_and_named(setup, backend):
   reasons = {os.path.basename(p): r for p, r in failures}
   assert "empty file" in reasons["empty.png"]
   assert "declares 60000x60000 pixels" in reasons["bomb.png"]
-  assert "not a decodable" in reasons["corrupt.png"]
+  assert "cannot decode" in reasons["corrupt.png"]
   for row in rows:
     assert all(math.isfinite(row[k]) for k in row if k.endswith(("_x", "_y", "_confidence")))
 
@@ -141,15 +143,15 @@ def test_pixel_formats_agree_with_8_bit_gray(setup, saved):
 
 def test_max_pixels_and_read_errors(setup, tmp_path):
   gray = setup["folder"] + "/gray.png"
-  image, size = predict.read_image(gray)
+  image, size = frames.read_still(gray)
   assert image.shape == (90, 110, 1) and size == (110, 90)
   with pytest.raises(ValueError, match=r"gray.png: the file declares 110x90 pixels, more than"):
-    predict.read_image(gray, max_pixels=5000)
+    frames.read_still(gray, max_pixels=5000)
   with pytest.raises(ValueError, match="nothing.png: cannot read file"):
-    predict.read_image(str(tmp_path / "nothing.png"))
+    frames.read_still(str(tmp_path / "nothing.png"))
   os.mkdir(tmp_path / "dir.png")
   with pytest.raises(ValueError, match="dir.png: file is a folder, not a regular file"):
-    predict.read_image(str(tmp_path / "dir.png"))
+    frames.read_still(str(tmp_path / "dir.png"))
 
 
 def test_empty_batch_and_wrong_arrays(setup, saved):
@@ -270,12 +272,12 @@ def test_coincident_predicted_points_give_nan_and_a_flag(setup, tmp_path):
   assert not failures
   assert math.isnan(rows[0]["aop_deg"]) and rows[0]["degenerate"] and rows[0]["low_confidence"]
   assert not rows[1]["degenerate"] and rows[1]["low_confidence"]  # NaN peak is not confident
-  predict.write_csv(str(tmp_path / "p.csv"), rows)
+  predict.write_outputs(str(tmp_path / "p.csv"), "csv", rows, failures, "fake")
   with open(tmp_path / "p.csv") as f:
     written = list(csv.DictReader(f))
   assert written[0]["aop_deg"] == "nan" and written[0]["degenerate"] == "1"
   assert written[1]["degenerate"] == "0" and written[1]["low_confidence"] == "1"
-  predict.write_json(str(tmp_path / "p.json"), rows, failures, "fake")
+  predict.write_outputs(str(tmp_path / "p.json"), "json", rows, failures, "fake")
   with open(tmp_path / "p.json") as f:
     payload = json.load(f)  # strict JSON: NaN written as null
   assert payload["predictions"][0]["aop_deg"] is None
@@ -287,6 +289,6 @@ def test_overlay_of_a_thin_strip_stays_small(tmp_path):
   strip = np.full((1, 3000, 1), 100, np.uint8)
   out = {"landmarks": np.array([[[10, 0], [2000, 0], [10, 0]]], np.float32),
          "aop_deg": np.array([np.nan], np.float32)}
-  writer(["strip.png"], [strip], out)
+  writer([frames.Frame(strip, "strip.png", 0, math.nan, (3000, 1))], out)
   picture = cv2.imread(str(tmp_path / "ov" / "strip.png"))
   assert picture.shape[0] * picture.shape[1] <= 4096 * 3000 * 2

@@ -8,6 +8,7 @@ import pytest
 
 from aop_tf import export
 from aop_tf import predictor as predictor_lib
+from aop_tf import results
 from aop_tf import zoo
 import helpers
 
@@ -131,6 +132,6 @@ def test_the_shipped_psfhs_model_measures_the_bundled_examples():
 
 
 def test_the_aop_uncertainty_adds_the_cards_floor_to_the_spread():
-  assert zoo.aop_uncertainty_deg(3.0, 4.0) == pytest.approx(5.0)
-  assert zoo.aop_uncertainty_deg(float("nan"), 4.0) == pytest.approx(4.0)  # one model
-  assert zoo.aop_uncertainty_deg(1.5, None) == 1.5  # no card: the spread alone
+  assert results.aop_uncertainty_deg(3.0, 4.0) == pytest.approx(5.0)
+  assert results.aop_uncertainty_deg(float("nan"), 4.0) == pytest.approx(4.0)  # one model
+  assert results.aop_uncertainty_deg(1.5, None) == 1.5  # no card: the spread alone

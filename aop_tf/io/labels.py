@@ -25,6 +25,7 @@ import numpy as np
 from aop_tf import LANDMARK_NAMES
 from aop_tf import geometry
 from aop_tf.io import files
+from aop_tf.io import frames
 from aop_tf.io import images
 from aop_tf.io import parallel
 from aop_tf.io import points
@@ -289,18 +290,32 @@ def _row_record(row, image_dir):
   if bool(geometry.is_degenerate(landmarks)):
     raise InputError(f"{where}: PS1 coincides with PS2 or FH1 {landmarks.tolist()}; the AoP is "
                      "undefined", "degenerate landmarks")
-  path, relative = resolve_in_folder(image_dir, row.filename, where)
-  try:
-    image = images.read_gray(path)
-  except images.ImageError as e:
-    raise InputError(f"{where}: {e}", "unreadable image") from e
+  name, index = frames.split_frame_name(row.filename.strip())
+  path, relative = resolve_in_folder(image_dir, name, where)
+  image = read_frame_gray(path, index, where)
+  if index is not None:
+    relative = frames.frame_name(relative, index)
   size = (image.shape[1], image.shape[0])
   for name, point in zip(LANDMARK_NAMES, parsed):
     try:
       points.check_in_image(point, size, f"{where}, column {name}, image {relative}")
     except points.PointError as e:
       raise InputError(str(e), "point outside image") from e
-  return Record(filename=relative, image=image, landmarks=landmarks, where=where, path=path)
+  return Record(filename=relative, image=image, landmarks=landmarks, where=where, path=path,
+                frame=index)
+
+
+def read_frame_gray(path, index, where):
+  """uint8 gray [H, W] of a still image (`index` None) or of frame `index` of a clip or DICOM
+  (`clip.mp4#12` in a Filename column; a DICOM without `#` is its frame 0). Raises InputError."""
+  try:
+    if index is None and frames.kind_of(path) == "image":
+      return images.read_gray(path)
+    with frames.open_source(path) as source:
+      image = source.frame(index or 0).image
+  except (images.ImageError, frames.FrameError) as e:
+    raise InputError(f"{where}: {e}", "unreadable image") from e
+  return image[..., 0] if image.shape[-1] == 1 else images.to_gray_uint8(image[..., ::-1], where)
 
 
 def iter_records(rows, image_dir, seen, split, workers=1):
@@ -360,6 +375,8 @@ def claim(seen, record, key, owner, where):
   """Records that `owner` uses `record`'s name `key` and its file; raises InputError when another
   name of the same file (a link) was taken already, naming both."""
   same = files.identity(record.path) if record.path else None
+  if same is not None and record.frame is not None:
+    same = (*same, record.frame)  # frames of one clip are different examples
   if same is not None and same in seen:
     raise InputError(f"{where}: {record.path} is the same file as one already used by "
                      f"{seen[same]} (a link or another name of it); skipped",

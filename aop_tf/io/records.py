@@ -37,6 +37,7 @@ class Record:
     mask: uint8 [H, W] labels (0 bg, 1 pubic symphysis, 2 fetal head), or None.
     where: where it came from, for messages (e.g. "train.csv line 7").
     path: the image file read, if any (duplicates under other names are found through it).
+    frame: the frame of a clip or multi-frame DICOM (`path#frame`), or None for a still image.
   """
   filename: str
   image: np.ndarray
@@ -44,3 +45,4 @@ class Record:
   mask: typing.Optional[np.ndarray] = None
   where: str = ""
   path: str = ""
+  frame: typing.Optional[int] = None
