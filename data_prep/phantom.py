@@ -7,6 +7,10 @@ FH1 is the point where the tangent from PS1 touches the head ellipse, on the sid
 larger AoP (computed in closed form: an affine map turns the ellipse into the unit circle and keeps
 tangency). Everything is a pure function of `seed`.
 
+`make_phantom_frame(aop_deg, seed, frame)` renders a frame of a cine loop with a prescribed AoP:
+the seed's scan with the head turned about PS1 (the tangent turns with it, so the AoP is exact)
+and the speckle changing a little from frame to frame.
+
 Coordinates follow `aop_tf.geometry`: `(x, y)` = (column, row), pixel centres at integers.
 """
 
@@ -105,26 +109,14 @@ def _sample_geometry(rng, size):
   raise RuntimeError("phantom: no valid geometry after 1000 draws; check the sampling ranges")
 
 
-def make_phantom(seed, size=256, mark_landmarks=False):
-  """Renders one deterministic phantom.
+def _render(geo, rng, size, frame_speckle=None, speckle_change=0.0):
+  """The scan of geometry `geo`: float64 image [H, W] in 0..255, uint8 mask [H, W] and the fan
+  (bool [H, W], where the probe sees).
 
-  Args:
-    seed: int; the same seed always gives the same phantom.
-    size: image side in pixels (square image).
-    mark_landmarks: if True, the image is dimmed to at most `MARKER_VALUE - MARKER_GAP` and a 3x3
-      cross of `MARKER_VALUE` (255) is painted at each landmark's nearest pixel, so a test can
-      follow the landmarks through geometric augmentation by finding the brightest blobs.
-
-  Returns:
-    dict with `image` uint8 [H, W], `mask` uint8 [H, W] (0 background, 1 pubic symphysis, 2 fetal
-    head), `landmarks` float32 [3, 2] `(x, y)` pixels in order PS1, PS2, FH1, `aop_deg` float (the
-    AoP of `landmarks`), and `geometry` (the ellipse parameters in pixels and radians).
+  The fan, tissue layers and speckle are drawn from `rng` (in this order, so a seed renders the
+  same scan whatever the head's position); `frame_speckle` (a Generator), if given, blends
+  `speckle_change` of its own speckle into the pattern (a frame of a clip).
   """
-  size = int(size)
-  if size < 32:
-    raise ValueError(f"phantom size must be >= 32 pixels, got {size}")
-  rng = np.random.default_rng(int(seed))
-  geo = _sample_geometry(rng, size)
   s = float(size)
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
 
@@ -148,6 +140,9 @@ def make_phantom(seed, size=256, mark_landmarks=False):
 
   # Speckle: multiplicative Rayleigh noise (mean 1), slightly correlated like a real PSF.
   speckle = rng.rayleigh(scale=1.0, size=(size, size)) / math.sqrt(math.pi / 2.0)
+  if frame_speckle is not None:
+    own = frame_speckle.rayleigh(scale=1.0, size=(size, size)) / math.sqrt(math.pi / 2.0)
+    speckle = (1.0 - speckle_change) * speckle + speckle_change * own
   speckle = cv2.GaussianBlur(speckle, (0, 0), sigmaX=0.9, sigmaY=0.6)
   image = signal * (0.35 + 0.65 * speckle)
   image = np.where(sector, image, 0.0)
@@ -156,6 +151,35 @@ def make_phantom(seed, size=256, mark_landmarks=False):
   mask = np.zeros((size, size), np.uint8)
   mask[head_r <= 1.0] = 2
   mask[ps_r <= 1.0] = 1
+  return image, mask, sector
+
+
+def _check_size(size):
+  size = int(size)
+  if size < 32:
+    raise ValueError(f"phantom size must be >= 32 pixels, got {size}")
+  return size
+
+
+def make_phantom(seed, size=256, mark_landmarks=False):
+  """Renders one deterministic phantom.
+
+  Args:
+    seed: int; the same seed always gives the same phantom.
+    size: image side in pixels (square image).
+    mark_landmarks: if True, the image is dimmed to at most `MARKER_VALUE - MARKER_GAP` and a 3x3
+      cross of `MARKER_VALUE` (255) is painted at each landmark's nearest pixel, so a test can
+      follow the landmarks through geometric augmentation by finding the brightest blobs.
+
+  Returns:
+    dict with `image` uint8 [H, W], `mask` uint8 [H, W] (0 background, 1 pubic symphysis, 2 fetal
+    head), `landmarks` float32 [3, 2] `(x, y)` pixels in order PS1, PS2, FH1, `aop_deg` float (the
+    AoP of `landmarks`), and `geometry` (the ellipse parameters in pixels and radians).
+  """
+  size = _check_size(size)
+  rng = np.random.default_rng(int(seed))
+  geo = _sample_geometry(rng, size)
+  image, mask, _ = _render(geo, rng, size)
 
   landmarks = geo["landmarks"]
   if mark_landmarks:
@@ -164,10 +188,86 @@ def make_phantom(seed, size=256, mark_landmarks=False):
       for dx, dy in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)):
         if 0 <= x + dx < size and 0 <= y + dy < size:
           image[y + dy, x + dx] = MARKER_VALUE
+  return _result(image, mask, geo)
 
-  return dict(image=np.rint(image).astype(np.uint8), mask=mask, landmarks=landmarks,
+
+def _result(image, mask, geo):
+  return dict(image=np.rint(image).astype(np.uint8), mask=mask, landmarks=geo["landmarks"],
               aop_deg=geo["aop_deg"],
               geometry={k: v for k, v in geo.items() if k not in ("landmarks", "aop_deg")})
+
+
+def _head_turned(geo, turn_rad):
+  """`geo` with the head turned rigidly by `turn_rad` about PS1, its FH1 and AoP recomputed."""
+  ps1, ps2 = _ps_ends(geo)
+  centre = ps1 + _rotation(turn_rad) @ (geo["head_centre"] - ps1)
+  angle = geo["head_angle"] + turn_rad
+  touch = tangent_points(ps1, centre, geo["head_axes"], angle)
+  if touch is None:
+    return None
+  angles = geometry.angle_deg(ps1[None], ps2[None], touch).numpy()
+  pick = int(np.argmax(angles))
+  landmarks = np.stack([ps1, ps2, touch[pick]])
+  return dict(geo, head_centre=centre, head_angle=angle, landmarks=landmarks.astype(np.float32),
+              aop_deg=float(angles[pick]))
+
+
+def _ps_ends(geo):
+  """PS1, PS2 (float64 `(x, y)`): the right and left ends of the symphysis' major axis."""
+  end = _rotation(geo["ps_angle"]) @ np.array([geo["ps_axes"][0], 0.0])
+  return geo["ps_centre"] + end, geo["ps_centre"] - end
+
+
+def _geometry_for_aop(geo, aop_deg, size, where):
+  """`geo` with the head turned about PS1 so that the AoP is `aop_deg` (a rigid turn about PS1
+  turns the tangent from PS1 by the same angle, so one of the two signs is exact)."""
+  turn = math.radians(aop_deg - geo["aop_deg"])
+  turned = [g for g in (_head_turned(geo, turn), _head_turned(geo, -turn)) if g is not None]
+  moved = min(turned, key=lambda g: abs(g["aop_deg"] - aop_deg), default=None)
+  if moved is None or abs(moved["aop_deg"] - aop_deg) > 1e-3:  # float32 angles: ~1e-5 deg
+    raise ValueError(f"{where}: no head position gives AoP {aop_deg} deg")
+  points = np.stack([*_ps_ends(geo), geo["ps_centre"]])
+  clear = _ellipse_radius(points[:, 0], points[:, 1], moved["head_centre"], moved["head_axes"],
+                          moved["head_angle"])
+  margin = 0.03 * size
+  inside = np.all(moved["landmarks"] >= margin) and np.all(moved["landmarks"] <= size - 1 - margin)
+  if np.any(clear < 1.15) or not inside:
+    raise ValueError(f"{where}: AoP {aop_deg} deg puts the head over the symphysis or FH1 out of "
+                     "the image; choose an AoP nearer the seed's own or another seed")
+  return moved
+
+
+# A seed whose scan takes every AoP from 80 to 153 deg (156 at 256 px) with FH1 in the fan.
+CLIP_SEED = 18
+
+
+def make_phantom_frame(aop_deg, seed=CLIP_SEED, frame=0, size=256, speckle_change=0.15):
+  """One frame of a phantom clip whose AoP is exactly `aop_deg` degrees.
+
+  The scan is phantom `seed`'s (symphysis, head shape, fan, tissue; `make_phantom(seed)`); the
+  head is turned rigidly about PS1 until the tangent from PS1 meets it at `aop_deg`. The speckle
+  is the seed's pattern with `speckle_change` of frame `frame`'s own mixed in, so consecutive
+  frames differ a little, as in a cine loop (with `speckle_change=0` and the seed's own AoP the
+  frame equals `make_phantom(seed)`).
+
+  Returns:
+    the dict of `make_phantom`: `image` uint8 [H, W], `mask`, `landmarks` float32 [3, 2] `(x, y)`
+    px (PS1, PS2, FH1; PS1 and PS2 the same in every frame of a seed), `aop_deg`, `geometry`.
+
+  Raises:
+    ValueError when the head would cover the symphysis or FH1 leave the image or the fan.
+  """
+  size = _check_size(size)
+  rng = np.random.default_rng(int(seed))
+  geo = _geometry_for_aop(_sample_geometry(rng, size), float(aop_deg), size,
+                          f"phantom seed {seed}")
+  frame_rng = np.random.default_rng([int(seed), int(frame), 1])
+  image, mask, sector = _render(geo, rng, size, frame_rng, speckle_change)
+  x, y = np.rint(geo["landmarks"][2]).astype(int)
+  if not sector[y, x]:
+    raise ValueError(f"phantom seed {seed}: at AoP {aop_deg} deg FH1 lies outside the fan; "
+                     "choose an AoP nearer the seed's own or another seed")
+  return _result(image, mask, geo)
 
 
 # Seeds of split `s` start at SPLIT_SEED_STRIDE * index(s), so splits never share a phantom.
