@@ -1,4 +1,4 @@
-"""Builds the TFDS dataset of one source: `python -m data_prep.build --source=csv|masks|phantom|images`.
+"""Builds a TFDS dataset: `python -m data_prep.build --source=csv|masks|phantom|images`.
 
 Examples:
   python -m data_prep.build --source=phantom --phantom_train=64 --phantom_val=16
@@ -9,16 +9,23 @@ Examples:
   python -m data_prep.build --source=images --data_dir=/data/scans    # only an `unlabeled` split
   python -m data_prep.build --source=masks --labeled_list=benchmarks/ssl/psfhs_labeled_300.txt
       # scarce labels simulated: train rows not in the list become the `unlabeled` split
+  python -m data_prep.build --source=images --data_dir=/data/recordings --frames=every:5 \
+      --drop_near_duplicates --clip_dirs  # videos, DICOMs, frame folders: one image per frame
+
+Every knob is a field of `data_prep.spec.BuildSpec`; the flags are generated from it.
 
 The dataset lands in `<out_dir>/aop_landmarks/1.0.0` (out_dir defaults to `data/<source>` in the
 repo); that path is printed at the end, to pass to training. Bad inputs are skipped and counted
 (`--strict` stops at the first one); the summary lists rows read, examples written and every
-skipped input with its reason, per split (written + skipped = read).
+skipped input with its reason, per split (written + skipped = read), and one line per clip:
+frames read and near-duplicates, dropped or kept (`unlabeled.ClipStats`).
 
-Library use: `build_dataset("phantom", out_dir=tmp, phantom_counts={"train": 8, "val": 4})`.
+Library use: `build_dataset(spec.BuildSpec(source="images", data_dir="scans"))`, or with keywords
+`build_dataset("phantom", out_dir=tmp, phantom_counts={"train": 8, "val": 4})`.
 """
 
 import collections
+import dataclasses
 import itertools
 import os
 import shutil
@@ -28,15 +35,19 @@ import time
 import numpy as np
 
 from aop_tf import geometry
+from aop_tf.io import frames
 from aop_tf.io import images
 from aop_tf.io import parallel
 from aop_tf.io.records import SPLITS, UNLABELED, InputError
 from data_prep import phantom, tfds_builder, unlabeled
+from data_prep import spec as spec_lib
 
-SOURCES = ("csv", "masks", "phantom", "images")
+SOURCES = spec_lib.SOURCES
+BuildSpec = spec_lib.BuildSpec
+parse_split_map = spec_lib.parse_split_map
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PSFHS_ENV = "AOP_PSFHS_DIR"
-DEFAULT_PHANTOM_COUNTS = {"train": 64, "val": 16, "test": 0}
+MAX_CLIP_LINES = 20  # clips listed one per line in the printed summary (metadata.json: all)
 
 
 def default_psfhs_dir():
@@ -50,30 +61,6 @@ def default_out_dir(source):
   return os.path.join(REPO_ROOT, "data", source)
 
 
-def parse_split_map(text, what="--csv"):
-  """`"train:a.csv,val:b.csv"` -> {"train": "a.csv", "val": "b.csv"}; dicts pass through."""
-  if text is None or isinstance(text, dict):
-    return dict(text or {})
-  result = {}
-  for item in filter(None, (part.strip() for part in str(text).split(","))):
-    split, sep, value = item.partition(":")
-    split = split.strip()
-    if not sep or not value.strip():
-      raise ValueError(f"{what}: item {item!r} is not SPLIT:VALUE (e.g. train:path/train.csv)")
-    if split not in SPLITS:
-      raise ValueError(f"{what}: unknown split {split!r} in {item!r}; use one of {SPLITS}")
-    if split in result:
-      raise ValueError(f"{what}: split {split!r} given twice")
-    result[split] = value.strip()
-  return result
-
-
-def _split_limit(limit, split):
-  if isinstance(limit, dict):
-    return limit.get(split)
-  return limit
-
-
 class _Tally:
   """Per-split counts of rows read, examples written and skipped inputs with reasons."""
 
@@ -85,80 +72,72 @@ class _Tally:
 
   def skip(self, split, error):
     self.skipped[split][error.reason] += 1
-    self.messages.append((split, str(error)))
+    if not isinstance(error, unlabeled.DroppedFrame):  # counted per clip in the summary instead
+      self.messages.append((split, str(error)))
 
   def as_dict(self, splits):
     return {split: {"read": self.read[split], "written": self.written[split],
                     "skipped": dict(self.skipped[split])} for split in splits}
 
 
-def _open_source(source, data_dir, csv, image_dir, split_spec, phantom_counts, phantom_size,
-                 phantom_seed, csv_encoding="auto", unlabeled_dir=None, workers=1,
-                 pseudo_labels=None, pseudo_image_dir=None):
-  """-> ({split: (total rows, iterator of Record | InputError)}, description)."""
+def _open_source(spec, data_dir, workers, clips):
+  """-> ({split: (total rows or None if unknown, iterator of Record | InputError)}, description);
+  `clips` receives the `unlabeled.ClipStats` of the clips as they are read."""
   seen = {}  # filename -> split, shared so that a file is used by one split only
-  if source == "images":
+  if spec.source == "images":
     splits, description = {}, ""
   else:
-    splits, description = _open_labeled(source, data_dir, csv, image_dir, split_spec,
-                                        phantom_counts, phantom_size, phantom_seed, csv_encoding,
-                                        seen, workers)
-  if pseudo_labels:
+    splits, description = _open_labeled(spec, data_dir, seen, workers)
+  if spec.pseudo_labels:
     from aop_tf.io import labels  # pylint: disable=import-outside-toplevel
-    rows = labels.read_rows(pseudo_labels, csv_encoding)
-    folder = pseudo_image_dir or os.path.dirname(os.path.abspath(pseudo_labels))
+    rows = labels.read_rows(spec.pseudo_labels, spec.csv_encoding)
+    folder = spec.pseudo_image_dir or os.path.dirname(os.path.abspath(spec.pseudo_labels))
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"--pseudo_image_dir {folder} is not a folder")
     total, items = splits.get("train", (0, iter(())))
     # After the labeled train rows, so that a real label wins over a pseudo-label of its image.
     splits["train"] = (total + len(rows), itertools.chain(
         items, labels.iter_records(rows, folder, seen, "train", workers)))
-    description += f" Pseudo-labels (kept rows) from {pseudo_labels}, images in {folder}."
-  extra = data_dir if source == "images" else unlabeled_dir
+    description += f" Pseudo-labels (kept rows) from {spec.pseudo_labels}, images in {folder}."
+  extra = data_dir if spec.source == "images" else spec.unlabeled_dir
   if extra:
-    root, paths = unlabeled.find_images(extra)
-    splits[UNLABELED] = (len(paths), unlabeled.iter_records(paths, root, seen, UNLABELED,
-                                                            workers))
-    description += f" Unlabeled images from {extra}."
+    root, paths = unlabeled.find_sources(extra, spec.clip_dirs)
+    options = unlabeled.ClipOptions(spec.frame_selection(), spec.drop_near_duplicates,
+                                    spec.near_duplicate_threshold)
+    # A clip's frame count is known once it is opened: the total of stills only is exact.
+    stills = all(p.lower().endswith(frames.STILL_SUFFIXES) for p in paths)
+    splits[UNLABELED] = (len(paths) if stills else None, unlabeled.iter_records(
+        paths, root, seen, UNLABELED, workers, options, clips))
+    description += f" Unlabeled images from {extra}"
+    description += "." if stills else f" (clip frames: --frames={spec.frames})."
   return splits, description.strip()
 
 
-def _open_labeled(source, data_dir, csv, image_dir, split_spec, phantom_counts, phantom_size,
-                  phantom_seed, csv_encoding, seen, workers):
+def _open_labeled(spec, data_dir, seen, workers):
   """`_open_source` of the labeled sources."""
-  if source == "phantom":
-    counts = dict(DEFAULT_PHANTOM_COUNTS if phantom_counts is None else phantom_counts)
-    unknown = set(counts) - set(SPLITS)
-    if unknown:
-      raise ValueError(f"phantom_counts: unknown splits {sorted(unknown)}; use {SPLITS}")
-    splits = {split: (int(counts[split]),
-                      phantom.iter_records(SPLITS.index(split), counts[split], phantom_size,
-                                           phantom_seed))
-              for split in SPLITS if int(counts.get(split, 0) or 0) > 0}
-    if not splits:
-      raise ValueError("phantom: every split count is 0; ask for at least one example")
-    return splits, (f"Synthetic phantom, {phantom_size}x{phantom_size}, seed {phantom_seed}; "
-                    "landmarks from the ellipse geometry.")
-  if source == "csv":
+  if spec.source == "phantom":
+    size, seed = spec.phantom_size, spec.phantom_seed
+    splits = {split: (count, phantom.iter_records(SPLITS.index(split), count, size, seed))
+              for split, count in spec.phantom_counts().items() if count > 0}
+    return splits, (f"Synthetic phantom, {size}x{size}, seed {seed}; landmarks from the ellipse "
+                    "geometry.")
+  if spec.source == "csv":
     from aop_tf.io import labels  # pylint: disable=import-outside-toplevel
-    csv_paths = labels.find_split_csvs(data_dir, parse_split_map(csv))
-    folder = image_dir or labels.default_image_dir(data_dir)
+    csv_paths = labels.find_split_csvs(data_dir, spec.csv_map())
+    folder = spec.image_dir or labels.default_image_dir(data_dir)
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"--image_dir {folder} is not a folder")
     splits = {}
     for split, path in csv_paths.items():
-      rows = labels.read_rows(path, csv_encoding)
+      rows = labels.read_rows(path, spec.csv_encoding)
       splits[split] = (len(rows), labels.iter_records(rows, folder, seen, split, workers))
     return splits, f"IUGC-format CSVs {sorted(csv_paths.values())}, images in {folder}."
-
-  if source == "masks":
-    from data_prep import masks  # pylint: disable=import-outside-toplevel
-    names = masks.split_filenames(data_dir, parse_split_map(csv), split_spec, csv_encoding)
-    splits = {split: (len(files), masks.iter_records(data_dir, files, seen, split, workers))
-              for split, files in names.items() if files}
-    return splits, (f"PSFHS-style masks in {data_dir}; landmarks from the masks by the IUGC rule "
-                    "(data_prep.masks.landmarks_from_mask).")
-  raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
+  from data_prep import masks  # pylint: disable=import-outside-toplevel
+  names = masks.split_filenames(data_dir, spec.csv_map(), spec.split_spec, spec.csv_encoding)
+  splits = {split: (len(files), masks.iter_records(data_dir, files, seen, split, workers))
+            for split, files in names.items() if files}
+  return splits, (f"PSFHS-style masks in {data_dir}; landmarks from the masks by the IUGC rule "
+                  "(data_prep.masks.landmarks_from_mask).")
 
 
 def _clear_target(out_dir, overwrite):
@@ -177,102 +156,74 @@ def _log(verbose, message):
     print(message, flush=True)
 
 
-def build_dataset(source, data_dir=None, out_dir=None, *, csv=None, image_dir=None,
-                  split_spec=None, phantom_counts=None, phantom_size=256, phantom_seed=0,
-                  limit=None, strict=False, overwrite=False, verbose=True, csv_encoding="auto",
-                  unlabeled_dir=None, labeled_list=None, workers=None, num_shards=None,
-                  pseudo_labels=None, pseudo_image_dir=None):
+def build_dataset(spec="phantom", /, **knobs):
   """Reads one source, validates every input and writes the TFDS dataset.
 
   Args:
-    source: "csv" (IUGC CSVs + images), "masks" (PSFHS images + masks) or "phantom".
-    data_dir: input folder (csv/masks); default `$AOP_PSFHS_DIR` or `../shared/data/psfhs`.
-    out_dir: output root; default `data/<source>` in the repo.
-    csv: {split: path} or "train:a.csv,val:b.csv"; default `<data_dir>/{train,val,test}.csv`.
-      For masks they only give split membership (their Filename column).
-    image_dir: csv source: folder the CSV file names are relative to; default `<data_dir>/images`
-      if it exists, else `data_dir`.
-    split_spec: masks source without split CSVs: e.g. "train:80,val:20" (see
-      `data_prep.masks.split_filenames`).
-    phantom_counts: {split: count}; default {"train": 64, "val": 16, "test": 0}.
-    phantom_size, phantom_seed: phantom image side (pixels) and first seed.
-    limit: at most this many rows read per split (int, or {split: int}); for tests.
-    strict: raise at the first bad input instead of skipping it.
-    overwrite: replace an existing dataset in `out_dir`; without it an existing one is an error.
-    verbose: print progress and the summary.
-    csv_encoding: encoding of the CSVs: "auto" (UTF-8, or UTF-16/32 by byte-order mark) or a
-      Python codec name such as "cp1252".
-    unlabeled_dir: a folder (recursively), glob or file of images without labels, written to the
-      `unlabeled` split (source "images": `data_dir` itself).
-    labeled_list: a file of train file names (one per line) to keep labeled; the other train
-      examples go to the `unlabeled` split without landmarks or masks (scarce labels, simulated).
-    workers: threads decoding and encoding images (default: the cores this process may use; 1:
-      all in this thread). The output does not depend on it.
-    num_shards: TFRecord files per split (default: TFDS's choice, files of 64 MiB to 1 GiB, so a
-      large split is read in parallel; every split needs at least this many examples).
-    pseudo_labels: a pseudo-label CSV (`aop_tf.predict --format=pseudo`) whose kept rows join the
-      train split after the source's own (self-training; a real label of the same image wins).
-    pseudo_image_dir: folder its file names are relative to (the one predict printed); default
-      the CSV's folder.
+    spec: a `data_prep.spec.BuildSpec` (every knob, documented there), or a source name ("csv",
+      "masks", "phantom", "images") whose other knobs come as keywords.
+    **knobs: `BuildSpec` knobs by flag name, replacing the spec's, e.g. `out_dir=tmp,
+      verbose=False`; also the library forms `phantom_counts={split: n}` (splits not named: 0),
+      `csv={split: path}` and `limit={split: n}`.
 
   Returns:
     The dataset directory (str) holding `dataset_info.json`, for `tfds.builder_from_directory`.
   """
+  spec = spec_lib.make(spec, **knobs)
   start = time.time()
-  if source not in SOURCES:
-    raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
-  if source == "images" and not data_dir:
-    raise ValueError("--source=images needs --data_dir: a folder, glob or file of images")
-  if pseudo_labels and labeled_list:
-    raise ValueError("--pseudo_labels and --labeled_list both change the train split; use one")
-  if source not in ("phantom", "images"):
+  data_dir = spec.data_dir
+  if spec.source not in ("phantom", "images"):
     data_dir = data_dir or default_psfhs_dir()
     if not os.path.isdir(data_dir):
       raise FileNotFoundError(
           f"data folder {data_dir} does not exist; pass --data_dir (or set ${PSFHS_ENV})")
-  out_dir = os.path.abspath(out_dir or default_out_dir(source))
-  target = _clear_target(out_dir, overwrite)
-
-  keep = unlabeled.read_list(labeled_list) if labeled_list else None
-  workers = parallel.default_workers() if workers is None else max(1, int(workers))
-  splits, description = _open_source(source, data_dir, csv, image_dir, split_spec,
-                                     phantom_counts, phantom_size, phantom_seed, csv_encoding,
-                                     unlabeled_dir, workers, pseudo_labels, pseudo_image_dir)
+  out_dir = os.path.abspath(spec.out_dir or default_out_dir(spec.source))
+  target = _clear_target(out_dir, spec.overwrite)
+  workers = parallel.default_workers() if spec.workers is None else spec.workers
+  clips = []
+  splits, description = _open_source(spec, data_dir, workers, clips)
   tally = _Tally()
+  examples_by_split = _read_splits(spec, splits, tally, workers)
+  if not examples_by_split:
+    raise ValueError(f"{spec.source}: no usable examples in any split; see the skipped inputs:\n"
+                     + "\n".join(f"  {s}: {m}" for s, m in tally.messages[:20]))
+  summary = {
+      "source": spec.source,
+      "data_dir": os.path.abspath(data_dir) if data_dir else None,
+      "labeled_list": os.path.abspath(spec.labeled_list) if spec.labeled_list else None,
+      "pseudo_labels": os.path.abspath(spec.pseudo_labels) if spec.pseudo_labels else None,
+      "splits": tally.as_dict(list(dict.fromkeys([*splits, *examples_by_split]))),
+      "skipped_inputs": [{"split": s, "message": m} for s, m in tally.messages],
+      "clips": [dataclasses.asdict(c) for c in clips],
+  }
+  _log(spec.verbose, f"[{spec.source}] writing TFRecord shards to {target}")
+  _write(out_dir, examples_by_split, description, summary, data_dir, spec.num_shards)
+  if spec.verbose:
+    _print_summary(spec.source, summary, tally, time.time() - start, target, clips)
+  return target
+
+
+def _read_splits(spec, splits, tally, workers):
+  """{split: examples} of the opened `splits`, read and checked; empty splits left out."""
+  keep = unlabeled.read_list(spec.labeled_list) if spec.labeled_list else None
   examples_by_split = {}
   for split, (total, items) in splits.items():
-    split_limit = _split_limit(limit, split)
+    split_limit = spec.split_limit(split)
     if split_limit is not None:
-      total = min(total, int(split_limit))
-      items = itertools.islice(items, int(split_limit))
-    if total == 0 and source == "csv":
+      total = split_limit if total is None else min(total, split_limit)
+      items = itertools.islice(items, split_limit)
+    if total == 0 and spec.source == "csv":
       tally.messages.append((split, "its CSV has only a header line, no rows"))
-    records = _read_split(f"{source}/{split}", split, items, total, tally, strict, verbose,
-                          workers)
+    records = _read_split(f"{spec.source}/{split}", split, items, total, tally, spec.strict,
+                          spec.verbose, workers)
     if split == "train" and keep is not None:
-      records = _split_off_unlabeled(records, keep, examples_by_split, tally, labeled_list)
+      records = _split_off_unlabeled(records, keep, examples_by_split, tally, spec.labeled_list)
     if not records:
-      _log(verbose, f"[{source}/{split}] no usable examples; split left out")
+      _log(spec.verbose, f"[{spec.source}/{split}] no usable examples; split left out")
       continue
     examples_by_split[split] = records
     tally.written[split] = len(records)
-
-  if not examples_by_split:
-    raise ValueError(f"{source}: no usable examples in any split; see the skipped inputs:\n" +
-                     "\n".join(f"  {s}: {m}" for s, m in tally.messages[:20]))
-  summary = {
-      "source": source,
-      "data_dir": os.path.abspath(data_dir) if data_dir else None,
-      "labeled_list": os.path.abspath(labeled_list) if labeled_list else None,
-      "pseudo_labels": os.path.abspath(pseudo_labels) if pseudo_labels else None,
-      "splits": tally.as_dict(list(dict.fromkeys([*splits, *examples_by_split]))),
-      "skipped_inputs": [{"split": s, "message": m} for s, m in tally.messages],
-  }
-  _log(verbose, f"[{source}] writing TFRecord shards to {target}")
-  _write(out_dir, examples_by_split, description, summary, data_dir, num_shards)
-  if verbose:
-    _print_summary(source, summary, tally, time.time() - start, target)
-  return target
+  return examples_by_split
 
 
 def _split_off_unlabeled(records, keep, examples_by_split, tally, list_path):
@@ -304,12 +255,18 @@ def _read_split(name, split, items, total, tally, strict, verbose, workers=1):
   encoded on `workers` threads; refused inputs are counted in `tally` (or raised when
   `strict`)."""
   records, unlabeled_examples = [], []
-  every = max(10, total // 10)
+  every = max(10, total // 10) if total is not None else 100  # None: frames of clips, uncounted
   split_start = time.time()
+
+  def progress():
+    _log(verbose, f"[{name}] {tally.read[split]}{'' if total is None else f'/{total}'} rows read, "
+         f"{len(records) + len(unlabeled_examples)} ok, "
+         f"{sum(tally.skipped[split].values())} skipped ({time.time() - split_start:.1f} s)")
+
   for item, example in parallel.ordered_map(_encoded, items, workers):
     tally.read[split] += 1
     if isinstance(item, InputError):
-      if strict:
+      if strict and not isinstance(item, unlabeled.DroppedFrame):
         raise item
       tally.skip(split, item)
     elif item.landmarks is None:  # an unlabeled image: nothing to check beyond decoding
@@ -317,9 +274,9 @@ def _read_split(name, split, items, total, tally, strict, verbose, workers=1):
     else:
       records.append((item.where or item.filename, item.landmarks, example))
     if tally.read[split] % every == 0 or tally.read[split] == total:
-      _log(verbose, f"[{name}] {tally.read[split]}/{total} rows read, "
-           f"{len(records) + len(unlabeled_examples)} ok, "
-           f"{sum(tally.skipped[split].values())} skipped ({time.time() - split_start:.1f} s)")
+      progress()
+  if total is None and tally.read[split] % every:
+    progress()
   if not records:
     return unlabeled_examples
   # One vectorised AoP per split; NaN = coincident points, refused like any bad input.
@@ -358,13 +315,22 @@ def _write(out_dir, examples_by_split, description, summary, data_dir, num_shard
     tfds.display_progress_bar(bars)
 
 
-def _print_summary(source, summary, tally, seconds, target):
+def _print_summary(source, summary, tally, seconds, target, clips=()):
   print(f"\nSummary: source={source}, {seconds:.1f} s")
   print(f"  {'split':<9} {'read':>6} {'written':>8} {'skipped':>8}  reasons")
   for split, row in summary["splits"].items():
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(row["skipped"].items())) or "-"
     print(f"  {split:<9} {row['read']:>6} {row['written']:>8} "
           f"{sum(row['skipped'].values()):>8}  {reasons}")
+  if clips:
+    print(f"Clips ({len(clips)}; near-duplicate: mean absolute gray difference to the last "
+          f"distinct frame, {unlabeled.NEAR_DUPLICATE_SIDE}x{unlabeled.NEAR_DUPLICATE_SIDE}):")
+    for clip in clips[:MAX_CLIP_LINES]:
+      print(f"  {clip.line()}")
+    if len(clips) > MAX_CLIP_LINES:
+      print(f"  ... {len(clips) - MAX_CLIP_LINES} more clips: {sum(c.frames_read for c in clips)} "
+            f"frames read, {sum(c.near_duplicates for c in clips)} near-duplicates in all "
+            "(every clip in metadata.json)")
   if tally.messages:
     print(f"Skipped inputs ({len(tally.messages)}):")
     for split, message in tally.messages:
@@ -377,56 +343,11 @@ def main(argv):
   from absl import app, flags  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  f = flags.FLAGS
-  counts = {"train": f.phantom_train, "val": f.phantom_val, "test": f.phantom_test}
-  build_dataset(
-      f.source, data_dir=f.data_dir, out_dir=f.out_dir, csv=f.csv, image_dir=f.image_dir,
-      split_spec=f.split_spec, phantom_counts=counts, phantom_size=f.phantom_size,
-      phantom_seed=f.phantom_seed, limit=f.limit, strict=f.strict, overwrite=f.overwrite,
-      csv_encoding=f.csv_encoding, unlabeled_dir=f.unlabeled_dir, labeled_list=f.labeled_list,
-      workers=f.workers, num_shards=f.num_shards, pseudo_labels=f.pseudo_labels,
-      pseudo_image_dir=f.pseudo_image_dir)
+  build_dataset(spec_lib.from_flags(flags.FLAGS))
   return 0
-
-
-def _define_flags():
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_enum("source", "phantom", list(SOURCES), "Input kind.")
-  flags.DEFINE_string("data_dir", None, "Input folder (csv/masks; images: a folder, glob or "
-                      "file). Default: $AOP_PSFHS_DIR or ../shared/data/psfhs.")
-  flags.DEFINE_string("out_dir", None, "Output root. Default: data/<source> in the repo.")
-  flags.DEFINE_string("csv", None, "Split CSVs, e.g. train:a.csv,val:b.csv. Default: "
-                      "train.csv/val.csv/test.csv found in --data_dir.")
-  flags.DEFINE_string("image_dir", None, "csv source: folder the CSV file names are relative "
-                      "to. Default: <data_dir>/images if present, else <data_dir>.")
-  flags.DEFINE_string("split_spec", None, "masks source without split CSVs: weights of "
-                      "contiguous 40-file blocks, e.g. train:80,val:20.")
-  flags.DEFINE_integer("phantom_train", 64, "Phantom examples in train.")
-  flags.DEFINE_integer("phantom_val", 16, "Phantom examples in val.")
-  flags.DEFINE_integer("phantom_test", 0, "Phantom examples in test.")
-  flags.DEFINE_integer("phantom_size", 256, "Phantom image side, pixels.")
-  flags.DEFINE_integer("phantom_seed", 0, "First phantom seed.")
-  flags.DEFINE_integer("limit", None, "Read at most this many rows per split (for quick tests).")
-  flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of skipping it.")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out_dir.")
-  flags.DEFINE_string("unlabeled_dir", None, "Images without labels (a folder, searched "
-                      "recursively, a glob or a file) for the `unlabeled` split.")
-  flags.DEFINE_string("labeled_list", None, "File of train file names (one per line) that keep "
-                      "their labels; the other train images go to the `unlabeled` split without "
-                      "landmarks or masks (to simulate scarce labels).")
-  flags.DEFINE_string("pseudo_labels", None, "Pseudo-label CSV (python -m aop_tf.predict "
-                      "--format=pseudo) whose kept rows join train after the source's own rows.")
-  flags.DEFINE_string("pseudo_image_dir", None, "Folder the --pseudo_labels file names are "
-                      "relative to (predict prints it). Default: the CSV's folder.")
-  flags.DEFINE_integer("workers", None, "Threads decoding and encoding images (default: the "
-                       "cores this process may use; 1: serial). The dataset does not depend on it.")
-  flags.DEFINE_integer("num_shards", None, "TFRecord files per split (default: TFDS's choice, "
-                       "64 MiB to 1 GiB each).")
-  flags.DEFINE_string("csv_encoding", "auto", "Encoding of the CSVs: auto (UTF-8, or UTF-16/32 "
-                      "by byte-order mark) or a Python codec name, e.g. cp1252.")
 
 
 if __name__ == "__main__":
   from aop_tf import cli  # pylint: disable=import-outside-toplevel
-  _define_flags()
+  spec_lib.define_flags()
   cli.run(main, "data_prep.build")

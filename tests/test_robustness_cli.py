@@ -67,7 +67,7 @@ def _cases(tmp):
       ("aop_tf.predict", [f"--flagfile={flagfile}"], "no_such.cfg"),
       ("aop_tf.predict", [f"--inputs={tmp}", f"--output={tmp}/p.csv"], "--model is required"),
       ("aop_tf.predict", [f"--model={missing}", f"--inputs={missing}", f"--output={tmp}/p.csv"],
-       "no image files"),
+       "no images, DICOMs or videos"),
       ("aop_tf.predict", [f"--model={missing}", f"--inputs={bad_csv_dir}",
                           f"--output={tmp}/p.csv"], "neither a training directory"),
       ("aop_tf.predict", ["--max_pixels=lots"], "--max_pixels"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aop_tf import data
-from data_prep import build
+from data_prep import build, unlabeled
 
 
 def _images(folder, count, size=48):
@@ -19,6 +19,9 @@ def _images(folder, count, size=48):
     cv2.imwrite(str(where / f"u{i}.png"), np.full((size, size + 8), 40 + i, np.uint8))
   (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
   (folder / "notes.txt").write_text("not an image")
+  os.makedirs(folder / ".cache", exist_ok=True)  # hidden files and folders are never read
+  for hidden in (folder / ".thumb.png", folder / ".cache" / "u9.png"):
+    cv2.imwrite(str(hidden), np.zeros((8, 8), np.uint8))
 
 
 def _summary(dataset_dir):
@@ -75,3 +78,36 @@ def test_unlabeled_dir_beside_a_labeled_source(tmp_path):
                             phantom_counts={"train": 3}, unlabeled_dir=str(tmp_path / "extra"),
                             verbose=False)
   assert data.num_examples(out, "train") == 3 and data.num_examples(out, "unlabeled") == 2
+
+
+def test_find_sources_root_is_the_folder_or_the_common_folder(tmp_path):
+  _images(tmp_path / "scans", 4)
+  root, paths = unlabeled.find_sources(str(tmp_path / "scans" / "sub"))
+  assert root == str(tmp_path / "scans" / "sub") and len(paths) == 2
+  root, paths = unlabeled.find_sources(str(tmp_path / "scans" / "**" / "u*.png"))
+  assert root == str(tmp_path / "scans")
+  assert [os.path.relpath(p, root) for p in paths] == [
+      "sub/u1.png", "sub/u3.png", "u0.png", "u2.png"]  # sorted, hidden ones left out
+  with pytest.raises(FileNotFoundError, match="no image files"):
+    unlabeled.find_sources(str(tmp_path / "nothing_here"))
+
+
+def test_a_slow_drift_is_not_hidden_by_small_steps(tmp_path):
+  """Frames brightening by one gray level each: every step is below a threshold of 1.5, but a
+  frame is compared with the last non-duplicate, so every second frame is kept."""
+  folder = tmp_path / "clip"
+  folder.mkdir()
+  base = np.random.default_rng(0).integers(60, 120, (32, 40)).astype(np.uint8)
+  for i in range(6):
+    cv2.imwrite(str(folder / f"img{i}.png"), base + i)
+  root, paths = unlabeled.find_sources(str(folder), clip_dirs=True)
+  assert (root, paths) == (str(tmp_path), [str(folder)])
+  report = []
+  options = unlabeled.ClipOptions(drop_near_duplicates=True, threshold=1.5)
+  items = list(unlabeled.iter_records(paths, root, {}, "unlabeled", options=options,
+                                      report=report))
+  kept = [i.filename for i in items if not isinstance(i, unlabeled.DroppedFrame)]
+  assert kept == ["clip#0", "clip#2", "clip#4"]
+  np.testing.assert_array_equal(items[2].image, base + 2)
+  assert report[0].line() == ("clip clip: 6 frames read, 3 near-duplicates (< 1.5 mean abs diff), "
+                              "dropped")
