@@ -47,6 +47,7 @@ from aop_tf import geometry
 from aop_tf import predictor as predictor_lib
 from aop_tf import pseudo
 from aop_tf import results
+from aop_tf import review
 from aop_tf import trace
 from aop_tf import zoo
 from aop_tf.io import frames as frames_lib
@@ -306,8 +307,7 @@ def write_pseudo_labels(path, records, sort="input"):
 def select_for_labelling(records, count):
   """The `count` images most worth labelling next: those a filter rejected, then those with the
   lowest peak, i.e. where the model is least sure of itself (uncertainty sampling)."""
-  ranked = sorted(records, key=lambda r: (r["kept"], r["min_confidence"], r["Filename"]))
-  return [r["Filename"] for r in ranked[:max(0, int(count))]]
+  return [r["Filename"] for r in review.rank_for_review(records)[:max(0, int(count))]]
 
 
 def output_stem(name, common_root=None):

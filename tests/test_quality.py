@@ -1,0 +1,65 @@
+"""The quality score's features and the interval (aop_tf/quality.py), on maps worked by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from aop_tf import heatmap
+from aop_tf import quality
+
+CELLS = 32
+
+
+def _maps(points, sigma=2.0, weights=None):
+  """[1, R, R, 3] maps: a Gaussian per landmark (points [3, 2] cells), or several summed."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  out = np.zeros((CELLS, CELLS, 3))
+  for k, (pts, w) in enumerate(zip(points, weights or [[1.0]] * 3)):
+    for p, wi in zip(np.atleast_2d(pts), w):
+      g = heatmap.gaussian_heatmaps(tf.constant([p], tf.float32), (CELLS, CELLS), sigma)
+      out[..., k] += wi * np.asarray(g)[..., 0]
+  return out[None]
+
+
+def test_one_peak_has_no_second_and_the_gaussian_spread():
+  maps = _maps([[10, 10], [20, 12], [16, 24]])
+  entropy, second, spread = quality._map_stats(maps)  # pylint: disable=protected-access
+  np.testing.assert_allclose(second, 0.0, atol=1e-6)
+  np.testing.assert_allclose(spread, 2.0 * math.sqrt(2.0), rtol=0.02)  # sqrt(sx^2 + sy^2)
+  np.testing.assert_allclose(entropy, math.log(2 * math.pi * math.e * 4.0), rtol=0.02)
+
+
+def test_a_second_mode_is_measured_against_the_first():
+  maps = _maps([[[8, 8], [24, 24]], [20, 12], [16, 24]], weights=[[1.0, 0.4], [1.0], [1.0]])
+  _, second, _ = quality._map_stats(maps)  # pylint: disable=protected-access
+  assert second[0, 0] == pytest.approx(0.4, abs=0.01) and second[0, 1] == 0.0
+
+
+def test_features_and_aop_sensitivity():
+  landmarks = np.array([[[160.0, 40.0], [80.0, 60.0], [200.0, 150.0]]])
+  maps = _maps(landmarks[0] / 8.0)
+  feats = quality.features(maps, landmarks, [120.0], [[0.9, 0.8, 0.7]], [[256, 256]])
+  named = dict(zip(quality.FEATURES, feats[0]))
+  assert named["peak_FH1"] == pytest.approx(0.7) and named["ensemble_spread_deg"] == 0.0
+  assert named["ps_length_512"] == pytest.approx(2 * math.hypot(80, 20), rel=1e-6)
+  # The AoP moves most with FH1 perpendicular to PS1->FH1: a 1 px spread there is 1 rad / |r|.
+  one = quality.aop_sensitivity_deg(landmarks, np.array([[0.0, 0.0, 1.0]]))
+  assert one[0] == pytest.approx(math.degrees(1 / math.hypot(40, 110)), rel=1e-3)
+
+
+def test_score_interval_and_flag_round_trip():
+  fitted = {"features": ["peak_FH1", "aop_sensitivity_deg"], "mean": [0.5, 10.0],
+            "scale": [0.1, 5.0], "coef": [-0.5, 0.5], "intercept": 1.5, "interval_q": 2.0,
+            "coverage": 0.9, "flag_score_deg": 5.0}
+  model = quality.QualityModel(fitted)
+  rows = np.zeros((2, len(quality.FEATURES)))
+  rows[:, quality.FEATURES.index("peak_FH1")] = [0.5, 0.3]
+  rows[:, quality.FEATURES.index("aop_sensitivity_deg")] = [10.0, 20.0]
+  score = model.score(rows)
+  np.testing.assert_allclose(score, [math.expm1(1.5), math.expm1(1.5 + 1.0 + 1.0)], rtol=1e-9)
+  low, high = model.interval([120.0, 100.0], score)
+  np.testing.assert_allclose(high - low, 4.0 * (score + 1.0))
+  assert model.flagged(score).tolist() == [False, True]
+  assert quality.describe_interval(127.6, 119.2, 136.4) == "127.6 deg (90 %: 119-136)"
+  assert quality.describe_interval(math.nan, 0, 0) == "undefined"
