@@ -104,7 +104,7 @@ if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c "$NEEDED" 2>/dev/null; t
   echo "Setting up .venv (first run only; needs the network)..."
   "$PY" -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e ".[test]"
+  .venv/bin/pip install --quiet -e ".[train]"
 else
   echo "Using $(.venv/bin/python --version) in .venv"
 fi

@@ -28,7 +28,7 @@ from aop_tf import geometry
 from aop_tf import metrics
 from aop_tf import model_dir as model_dir_lib
 from aop_tf import optim
-from aop_tf import predictor as predictor_lib
+from aop_tf import predictor_tf
 from aop_tf import visualize
 
 
@@ -213,7 +213,7 @@ class Validation(keras.callbacks.Callback):
               self.model.evaluate(self.keras_dataset, verbose=0, return_dict=True))
     if self._predictors is None:  # traced once, reused every epoch
       networks = getattr(self.model, "networks", {"": self.model})
-      self._predictors = {name: predictor_lib.KerasPredictor(net, self.codec)
+      self._predictors = {name: predictor_tf.KerasPredictor(net, self.codec)
                           for name, net in networks.items()}
     values = {f"val_{name}": float(value) for name, value in losses.items()}
     reports = {name: self._report(p) for name, p in self._predictors.items()}
@@ -324,15 +324,15 @@ class TensorBoardLogger(keras.callbacks.Callback):
     """Overlays and heatmap panels of the fixed images: two uint8 arrays [N,H,W,3]."""
     batch = self.tb_batch
     network = getattr(self.model, "inference_network", self.model)
-    out = predictor_lib.KerasPredictor(network, self.codec).predict_prepared(
+    out = predictor_tf.KerasPredictor(network, self.codec).predict_prepared(
         batch["image"], batch["size_px"])
-    aop_gt = geometry.aop_deg(batch["landmarks"]).numpy()
+    aop_gt = np.asarray(geometry.aop_deg(batch["landmarks"]))
     side = batch["image"].shape[1]
     # The pictures show the model input (S x S); points map there from the original frame, the AoP
     # written is the one of the original frame.
     size = batch["size_px"][:, None, :]
-    pred_in = geometry.rescale_points(out["landmarks"], size, (side, side)).numpy()
-    gt_in = geometry.rescale_points(batch["landmarks"], size, (side, side)).numpy()
+    pred_in = np.asarray(geometry.rescale_points(out["landmarks"], size, (side, side)))
+    gt_in = np.asarray(geometry.rescale_points(batch["landmarks"], size, (side, side)))
     maps = out["heatmaps"] / self.codec.heatmap_scale
     overlays, panels = [], []
     for i in range(len(batch["image"])):

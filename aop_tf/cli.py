@@ -6,7 +6,8 @@
   - a bad command line (unknown flag or value, missing flagfile, missing required flag,
     `app.UsageError`) prints `predict: error: <what to fix>` on one line and exits 2;
   - an expected failure of the run (`errors`: a missing file or folder, a bad value found later,
-    unusable input) prints one line (the exception's message) and exits 1;
+    unusable input, a dependency not installed) prints one line (the exception's message) and
+    exits 1;
   - Ctrl-C outside a handler prints one line and exits 130.
 Anything else is a bug and keeps its traceback.
 """
@@ -17,7 +18,7 @@ import sys
 from absl import app
 from absl import flags
 
-EXPECTED_ERRORS = (ValueError, OSError, KeyError)
+EXPECTED_ERRORS = (ValueError, OSError, KeyError, ModuleNotFoundError)
 
 
 def flagfiles_first(argv):

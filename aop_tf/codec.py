@@ -12,17 +12,21 @@ Coordinates: landmarks `(x, y)` in pixels of the image they belong to (pixel cen
 order PS1, PS2, FH1; sizes `(width, height)`. Cell `i` of the R-cell map over S pixels is the pixel
 point `(i + 0.5) * S / R - 0.5`. The model input covers the whole field of view, so a heatmap maps
 straight onto the original image, whatever its size.
+
+A codec is a value: its settings are read and compared without TensorFlow (the TFLite predictor
+describes its decoding with them); `encode`, `render` and `decode` import TensorFlow when they run.
 """
 
 import dataclasses
 
-import tensorflow as tf
-
 from aop_tf import geometry
-from aop_tf import heatmap
-from aop_tf import tangent
 
-DECODE_METHODS = heatmap.DECODE_METHODS
+# Heatmap peak decoders (`heatmap.decode_heatmaps`): the hottest cell, or DARK's sub-cell step.
+DECODE_METHODS = ("argmax", "dark")
+# What `decode` returns (and every export and predictor, in this order), and what it adds for an
+# ensemble (`member_heatmaps` in the outputs); predictors give NaN there for one model.
+OUTPUT_KEYS = ("landmarks", "aop_deg", "confidence", "heatmaps")
+ENSEMBLE_KEYS = ("aop_spread_deg",)
 # Where FH1 comes from: its own heatmap, or the tangent from the decoded PS1 to the predicted
 # fetal-head region (the IUGC definition of FH1; needs a segmentation head).
 FH1_METHODS = ("heatmap", "tangent")
@@ -43,6 +47,7 @@ def heatmaps_of(outputs):
 
 def _per_example_size(size_px, batch):
   """`(width, height)` [2] or [B, 2] -> float32 [B, 2]."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   size = tf.cast(tf.convert_to_tensor(size_px), tf.float32)
   if len(size.shape) == 1:
     size = tf.broadcast_to(size[None], tf.stack([batch, 2]))
@@ -115,6 +120,7 @@ class HeatmapCodec:
       sub-cell positions (the losses scale them by `heatmap_scale`); `landmarks_cells` float32
       [..., 3, 2].
     """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     landmarks = tf.cast(tf.convert_to_tensor(landmarks_px), tf.float32)
     size = tf.cast(tf.convert_to_tensor(size_px), tf.float32)
     if len(size.shape) == len(landmarks.shape) - 1:  # one size per example
@@ -129,6 +135,8 @@ class HeatmapCodec:
     example), and the losses render the targets inside the training step with this, on whatever
     device trains (`losses`).
     """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from aop_tf import heatmap  # pylint: disable=import-outside-toplevel
     return heatmap.gaussian_heatmaps(tf.cast(landmarks_cells, tf.float32), self.cells,
                                      self.sigma_cells)
 
@@ -147,6 +155,8 @@ class HeatmapCodec:
       [B, M, R, R, 3] in `outputs`) also `aop_spread_deg` float32 [B], the standard deviation of
       the AoPs its members decode to (FH1 by heatmap).
     """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from aop_tf import heatmap  # pylint: disable=import-outside-toplevel
     maps = tf.cast(heatmaps_of(outputs), tf.float32)
     points_cells, peak = heatmap.decode_heatmaps(maps, self.decode_method, self.blur_sigma_cells)
     size = _per_example_size(size_px, tf.shape(maps)[0])
@@ -161,6 +171,8 @@ class HeatmapCodec:
 
   def _aop_spread(self, member_heatmaps, size):
     """Standard deviation over an ensemble's members of their decoded AoPs, [B]."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from aop_tf import heatmap  # pylint: disable=import-outside-toplevel
     members = tf.cast(member_heatmaps, tf.float32)  # [B, M, R, R, 3]
     shape = tf.shape(members)
     flat = tf.reshape(members, tf.concat([[-1], shape[2:]], axis=0))
@@ -171,6 +183,8 @@ class HeatmapCodec:
 
   def _tangent_fh1(self, outputs, landmarks, size):
     """`landmarks` with FH1 moved to the tangent point on the predicted head, where there is one."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from aop_tf import tangent  # pylint: disable=import-outside-toplevel
     if not isinstance(outputs, dict) or "segmentation" not in outputs:
       raise ValueError("fh1_method 'tangent' needs the model's 'segmentation' output.")
     head = tf.cast(outputs["segmentation"], tf.float32)

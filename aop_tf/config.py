@@ -27,13 +27,23 @@ import math
 from absl import flags
 
 from aop_tf import codec as codec_lib
-from aop_tf import distribute as distribute_lib
-from aop_tf import losses
-from aop_tf import model as model_lib
-from aop_tf import optim as optim_lib
 from aop_tf import pseudo as pseudo_lib
 
 FORMAT = 2  # config.json layout: {"format": 2, "<section>": {field: value}}
+# The run spec's file in a training directory (`model_dir.write_spec` / `read_spec`).
+CONFIG_FILE = "config.json"
+
+# The choices of the knobs that name an implementation, beside the knobs: a run spec is read and
+# checked without TensorFlow (the TFLite predictor reads the one an export records). The modules
+# that implement them check their arguments against these.
+NORMS = ("batch", "group", "none")  # model.build_unet
+HEATMAP_LOSSES = ("mse", "weighted_mse", "awing", "softmax_ce")  # losses.heatmap_loss
+# Losses that need the model's spatial-softmax heatmap head (`build_unet(heatmap_activation=...)`).
+SOFTMAX_LOSSES = ("softmax_ce",)
+OPTIMIZERS = ("adam", "adamw")  # optim.make_optimizer
+LR_SCHEDULES = ("step", "cosine", "constant")  # optim
+STRATEGIES = ("none", "mirrored", "multi_worker")  # distribute.make_strategy
+LR_SCALINGS = ("linear", "sqrt", "none")  # distribute.scaled_spec
 
 
 class ConfigError(ValueError):
@@ -91,6 +101,21 @@ class _Section:
     """Checks between the fields of one section; raises ConfigError."""
 
 
+def decoder_blocks(input_size, heatmap_size, depth, decode_to_full):
+  """Number of decoder blocks of `model.build_unet`: all `depth` of them, or up to the heatmap
+  resolution only; ValueError where the sizes do not allow that."""
+  if decode_to_full:
+    return depth
+  stride = input_size // heatmap_size
+  if stride * heatmap_size != input_size or stride & (stride - 1):
+    raise ValueError(f"input_size {input_size} must be a power-of-two multiple of heatmap_size "
+                     f"{heatmap_size} when the decoder stops at the heatmap resolution.")
+  blocks = depth - int(math.log2(stride))
+  if blocks < 0:
+    raise ValueError(f"depth {depth} is too shallow for output stride {stride}.")
+  return blocks
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec(_Section):
   """The network (`model.build_unet`).
@@ -114,7 +139,7 @@ class ModelSpec(_Section):
   depth: int = knob(4, check="positive")
   heatmap_size: int = knob(64, check="positive")
   decode_to_full: bool = knob(False)
-  norm: str = knob("batch", choices=model_lib.NORMS)
+  norm: str = knob("batch", choices=NORMS)
   seg_classes: int = knob(0, check="non_negative")
   mixed_precision: bool = knob(False)
 
@@ -123,7 +148,7 @@ class ModelSpec(_Section):
       raise ConfigError(f"--input_size={self.input_size} must be a multiple of 2**depth = "
                         f"{2 ** self.depth}.")
     try:
-      model_lib.decoder_blocks(self.input_size, self.heatmap_size, self.depth,
+      decoder_blocks(self.input_size, self.heatmap_size, self.depth,
                                self.decode_to_full)
     except ValueError as e:
       raise ConfigError(f"--input_size/--heatmap_size/--depth: {e}") from None
@@ -162,7 +187,7 @@ class LossSpec(_Section):
     aop_loss_weight: softmax_ce: weight of the soft-argmax AoP term (absolute AoP difference,
       degrees; needs square images).
   """
-  loss: str = knob("mse", choices=losses.HEATMAP_LOSSES)
+  loss: str = knob("mse", choices=HEATMAP_LOSSES)
   foreground_weight: float = knob(10.0, check="non_negative")
   seg_loss_weight: float = knob(1.0, check="non_negative")
   coord_loss_weight: float = knob(0.0, check="non_negative")
@@ -265,17 +290,17 @@ class OptimSpec(_Section):
     lr_scaling: How the learning rate follows the global batch of several replicas (batch_size x
       replicas): linear (x replicas, Goyal et al. 2017; keep a warm-up), sqrt, or none.
   """
-  optimizer: str = knob("adam", choices=optim_lib.OPTIMIZERS)
+  optimizer: str = knob("adam", choices=OPTIMIZERS)
   learning_rate: float = knob(1e-4, check="positive", resumable=True)
   weight_decay: float = knob(1e-4, check="non_negative")
-  lr_schedule: str = knob("step", choices=optim_lib.LR_SCHEDULES, resumable=True)
+  lr_schedule: str = knob("step", choices=LR_SCHEDULES, resumable=True)
   lr_step_epochs: int = knob(15, check="positive", resumable=True)
   lr_step_factor: float = knob(0.5, check="positive", resumable=True)
   warmup_epochs: float = knob(0.0, check="non_negative", resumable=True)
   clip_norm: float = knob(0.0, check="non_negative")
   epochs: int = knob(150, check="positive", resumable=True)
   steps_per_epoch: int = knob(0, check="non_negative")
-  lr_scaling: str = knob("linear", choices=distribute_lib.LR_SCALINGS, resumable=True)
+  lr_scaling: str = knob("linear", choices=LR_SCALINGS, resumable=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,11 +393,12 @@ class RunOptions(_Section):
   jit_compile: bool = knob(False, resumable=True)
   max_train_minutes: float = knob(0.0, check="non_negative", resumable=True)
   verbose: int = knob(-1, choices=(-1, 0, 1, 2), resumable=True)
-  distribute: str = knob("none", choices=distribute_lib.STRATEGIES, resumable=True)
+  distribute: str = knob("none", choices=STRATEGIES, resumable=True)
 
 
 SECTIONS = {"model": ModelSpec, "codec": CodecSpec, "loss": LossSpec, "data": DataSpec,
-            "augment": AugmentSpec, "optim": OptimSpec, "semi": SemiSpec, "distill": DistillSpec, "run": RunOptions}
+            "augment": AugmentSpec, "optim": OptimSpec, "semi": SemiSpec, "distill": DistillSpec,
+            "run": RunOptions}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,10 +416,10 @@ class RunSpec:
   run: RunOptions = dataclasses.field(default_factory=RunOptions)
 
   def __post_init__(self):
-    softmax = self.loss.loss in losses.SOFTMAX_LOSSES
+    softmax = self.loss.loss in SOFTMAX_LOSSES
     if (self.loss.coord_loss_weight or self.loss.aop_loss_weight) and not softmax:
       raise ConfigError(f"--coord_loss_weight/--aop_loss_weight need --loss in "
-                        f"{losses.SOFTMAX_LOSSES}; got --loss={self.loss.loss}.")
+                        f"{SOFTMAX_LOSSES}; got --loss={self.loss.loss}.")
     if self.loss.loss == "weighted_mse" and self.loss.foreground_weight <= 0:
       raise ConfigError("--loss=weighted_mse needs --foreground_weight > 0.")
     if softmax and self.codec.heatmap_scale != 1.0:
@@ -404,7 +430,7 @@ class RunSpec:
                         "supported yet (see aop_tf/distribute.py); train the mean teacher with "
                         "--distribute=none.")
     if self.distill.teacher and not softmax:
-      raise ConfigError(f"--teacher needs --loss in {losses.SOFTMAX_LOSSES} (its targets are "
+      raise ConfigError(f"--teacher needs --loss in {SOFTMAX_LOSSES} (its targets are "
                         f"distributions); got --loss={self.loss.loss}.")
     if self.codec.fh1_method == "tangent" and self.model.seg_classes <= 2:
       raise ConfigError("--fh1_method=tangent needs a segmentation head with the fetal-head class "
@@ -434,7 +460,7 @@ class RunSpec:
     by 2 pi sigma^2 so that a target-shaped output peaks at about 1 (confidence 1)."""
     kwargs = dataclasses.asdict(self.model)
     kwargs["sync_batch_norm"] = self.run.distribute != "none"
-    if self.loss.loss in losses.SOFTMAX_LOSSES:
+    if self.loss.loss in SOFTMAX_LOSSES:
       kwargs["heatmap_activation"] = "spatial_softmax"
       kwargs["softmax_peak_scale"] = 2.0 * math.pi * self.codec.sigma_cells ** 2
     return kwargs

@@ -38,8 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-STRATEGIES = ("none", "mirrored", "multi_worker")
-LR_SCALINGS = ("linear", "sqrt", "none")
+from aop_tf import config
 
 
 class DistributeError(ValueError):
@@ -54,7 +53,7 @@ def make_strategy(kind):
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in devices])
   if kind != "multi_worker":
-    raise DistributeError(f"--distribute={kind!r} is not one of {', '.join(STRATEGIES)}.")
+    raise DistributeError(f"--distribute={kind!r} is not one of {', '.join(config.STRATEGIES)}.")
   raw = os.environ.get("TF_CONFIG", "")
   try:
     cluster = json.loads(raw)["cluster"]

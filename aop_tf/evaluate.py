@@ -7,7 +7,9 @@ Evaluation = a predictor (`aop_tf.predictor`: a training directory, a SavedModel
 file, each run on the original images with its own resize and decoder) + a data source
 (`aop_tf.sources`: a built TFDS dataset split, or a folder of images with an IUGC-format CSV) +
 the metrics of `aop_tf.metrics`. `--decode_method` / `--decode_blur_sigma` / `--fh1_method`
-override the model's decoding (an export's heatmaps are then decoded again).
+override the model's decoding (an export's heatmaps are then decoded again). A `.tflite` model on
+images with a CSV runs without TensorFlow; a dataset split, a SavedModel and a training directory
+need it.
 
 Writes to `--output_dir` (default `<model>/eval_<split or csv name>`):
   report.json     `metrics.report` plus model, data, decode settings and inference ms/image
@@ -16,6 +18,7 @@ Writes to `--output_dir` (default `<model>/eval_<split or csv name>`):
 """
 
 import datetime
+from importlib import metadata
 import math
 import os
 import sys
@@ -25,7 +28,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
 import aop_tf
@@ -33,12 +35,12 @@ from aop_tf import LANDMARK_NAMES
 from aop_tf import cli
 from aop_tf import codec as codec_lib
 from aop_tf import metrics
-from aop_tf import model_dir as model_dir_lib
 from aop_tf import predictor as predictor_lib
 from aop_tf import results
 from aop_tf import sources
 from aop_tf import visualize
 from aop_tf import zoo
+from aop_tf.io import files
 from aop_tf.io import frames as frames_lib
 
 REPORT_FILE = "report.json"
@@ -203,6 +205,19 @@ def _default_output_dir(model, source):
   return os.path.join(folder, f"eval_{source.name}")
 
 
+def _versions(predictor):
+  """The versions of what ran the model: TensorFlow where it was loaded, LiteRT for TFLite."""
+  tf = sys.modules.get("tensorflow")
+  out = {"aop_tf": aop_tf.__version__, "python": sys.version.split()[0],
+         "tensorflow": getattr(tf, "__version__", None)}
+  if predictor.kind == "tflite":
+    try:
+      out["ai_edge_litert"] = metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
+      out["ai_edge_litert"] = None
+  return out
+
+
 def _result(summary, predictor, source, batch_size, timing):
   """report.json: the metrics summary plus what was evaluated and how fast."""
   n = summary["n_images"]
@@ -218,8 +233,7 @@ def _result(summary, predictor, source, batch_size, timing):
                                                   if n else None),
       "wall_s": timing["total_s"],
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "versions": {"aop_tf": aop_tf.__version__, "tensorflow": tf.__version__,
-                   "python": sys.version.split()[0]},
+      "versions": _versions(predictor),
   })
 
 
@@ -275,7 +289,7 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
   result["n_overlays"] = (write_overlays(os.path.join(output_dir, OVERLAY_DIR), source, preds,
                                          errors, indices, progress=progress)
                           if len(indices) else 0)
-  model_dir_lib.write_json(os.path.join(output_dir, REPORT_FILE), result)
+  files.write_json(os.path.join(output_dir, REPORT_FILE), result)
   if verbose:
     print(metrics.summary_table(result))
     ms = result["inference_ms_per_image"]
@@ -296,8 +310,8 @@ def _define_flags():
                       "SavedModel folder (saved_model.pb), .tflite file or shipped model name "
                       "(psfhs).")
   flags.DEFINE_string("checkpoint", None, "Training directory: which <name>.keras (e.g. "
-                      "best_val_mre, latest, epoch_0050); default the first of "
-                      f"{', '.join(model_dir_lib.CHECKPOINTS)} that exists.")
+                      "best_val_mre, latest, epoch_0050); default the best that exists "
+                      "(model_dir.CHECKPOINTS).")
   flags.DEFINE_string("data_dir", None, "Built TFDS dataset (python -m data_prep.build).")
   flags.DEFINE_string("split", "val", "Split of --data_dir.")
   flags.DEFINE_string("images_dir", None, "Folder of images named by --labels_csv.")

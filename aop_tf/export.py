@@ -33,10 +33,12 @@ import tensorflow as tf
 
 import aop_tf
 from aop_tf import cli
+from aop_tf import codec as codec_lib
 from aop_tf import config as config_lib
 from aop_tf import data
 from aop_tf import model_dir as model_dir_lib
 from aop_tf import predictor as predictor_lib
+from aop_tf import predictor_tf
 from aop_tf import serving
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -164,7 +166,7 @@ def verify_export(export_dir, reference, test_images, quantize="none", n_real=0)
   """Loads the export back and compares it with the Keras model on `test_images`.
 
   Runs `serving_default` (PNG bytes), `serve_images` (uint8) and `model.tflite` against
-  `reference` (the Keras model + codec, a `predictor.KerasPredictor`). The SavedModel must match
+  `reference` (the Keras model + codec, a `predictor_tf.KerasPredictor`). The SavedModel must match
   within `LANDMARK_TOL_PX` / `AOP_TOL_DEG`, and so must a float TFLite model; a quantized TFLite
   model must give finite outputs of the right shapes, and its drift is recorded. The first
   `n_real` test images are real (the calibration data): the drift on them alone is recorded too,
@@ -357,7 +359,7 @@ def export(model, spec, export_dir, quantize="none", calibration=None, test_imag
   try:
     tflite_bytes = _write(model, codec, tmp_dir, scratch, quantize, calibration)
     _step(f"3/4 verifying on {len(test_images)} test images")
-    verification = verify_export(tmp_dir, predictor_lib.KerasPredictor(model, codec),
+    verification = verify_export(tmp_dir, predictor_tf.KerasPredictor(model, codec),
                                  test_images, quantize, n_real)
     info = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -369,7 +371,7 @@ def export(model, spec, export_dir, quantize="none", calibration=None, test_imag
         "calibration_images": len(calibration) if calibration and quantize == "int8" else 0,
         "signatures": {name: {"inputs": {"images": spec_[0].dtype.name + str(spec_[0].shape)}}
                        for name, spec_ in serving.INPUT_SPECS.items()},
-        "outputs": list(serving.OUTPUT_KEYS),
+        "outputs": list(codec_lib.OUTPUT_KEYS),
         "tflite": {"file": TFLITE_FILE, "bytes": tflite_bytes, "input": "images uint8[1,H,W,C]"},
         "verification": verification,
         "versions": versions(),

@@ -10,8 +10,6 @@ import math
 
 import tensorflow as tf
 
-DECODE_METHODS = ("argmax", "dark")
-
 
 def gaussian_heatmaps(points_cells, heatmap_size_cells, sigma_cells):
   """Renders one unnormalised Gaussian per point, peak 1 at the (sub-cell) point.
@@ -69,15 +67,15 @@ def decode_heatmaps(heatmaps, method="dark", blur_sigma_cells=0.0):
 
   Args:
     heatmaps: float [B, H, W, K].
-    method: one of `DECODE_METHODS`.
+    method: "argmax" or "dark" (`codec.DECODE_METHODS`).
     blur_sigma_cells: sigma of the pre-blur for `dark`, in cells; 0 disables it.
 
   Returns:
     points_cells: float32 [B, K, 2] `(x, y)` in cells.
     peak: float32 [B, K], the maximum of each raw heatmap (a confidence).
   """
-  if method not in DECODE_METHODS:
-    raise ValueError(f"Unknown decode method {method!r}; expected one of {DECODE_METHODS}.")
+  if method not in ("argmax", "dark"):
+    raise ValueError(f"Unknown decode method {method!r}; expected argmax or dark.")
   heatmaps = tf.cast(heatmaps, tf.float32)
   shape = tf.shape(heatmaps)
   height, width = shape[1], shape[2]

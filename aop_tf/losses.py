@@ -19,12 +19,9 @@ import keras
 import tensorflow as tf
 
 from aop_tf import codec as codec_lib
+from aop_tf import config
 from aop_tf import geometry
 from aop_tf import heatmap
-
-HEATMAP_LOSSES = ("mse", "weighted_mse", "awing", "softmax_ce")
-# Losses that need the model's spatial-softmax heatmap head (`build_unet(heatmap_activation=...)`).
-SOFTMAX_LOSSES = ("softmax_ce",)
 
 
 class HeatmapLoss(keras.losses.Loss):
@@ -212,7 +209,7 @@ class MaskedSegmentationLoss(keras.losses.Loss):
 
 def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0, coord_weight=0.0,
                  aop_weight=0.0, codec=None):
-  """The heatmap loss called `name` (one of `HEATMAP_LOSSES`).
+  """The heatmap loss called `name` (one of `config.HEATMAP_LOSSES`).
 
   Args:
     name: "mse" (the paper), "weighted_mse" (`HeatmapMSE` with `foreground_weight`), "awing" or
@@ -224,8 +221,8 @@ def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0, coord_weight=0
     codec: the `codec.HeatmapCodec` that renders targets from landmarks in cells (see
       `HeatmapLoss`); None: the loss takes rendered maps only.
   """
-  if name not in SOFTMAX_LOSSES and (coord_weight or aop_weight):
-    raise ValueError(f"The coordinate/AoP loss terms need a softmax loss {SOFTMAX_LOSSES}; "
+  if name not in config.SOFTMAX_LOSSES and (coord_weight or aop_weight):
+    raise ValueError(f"The coordinate/AoP loss terms need a softmax loss {config.SOFTMAX_LOSSES}; "
                      f"got {name!r}.")
   if coord_weight < 0 or aop_weight < 0:
     raise ValueError(f"coord_weight {coord_weight} and aop_weight {aop_weight} must be >= 0.")
@@ -239,4 +236,4 @@ def heatmap_loss(name, heatmap_scale=1.0, foreground_weight=10.0, coord_weight=0
     return AdaptiveWingLoss(heatmap_scale, codec=codec)
   if name == "softmax_ce":
     return SpatialSoftmaxCE(coord_weight, aop_weight, codec=codec)
-  raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(HEATMAP_LOSSES)}.")
+  raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(config.HEATMAP_LOSSES)}.")

@@ -62,16 +62,16 @@ def per_image_errors(pred_px, gt_px, size_px):
     raise ValueError(f"pred_px {pred.shape} and gt_px {gt.shape} must both be [N, 3, 2].")
   size = np.broadcast_to(np.asarray(size_px, np.float32), pred.shape[:-2] + (2,))
   abs_px = np.abs(pred - gt)
-  scale = geometry.to_512_scale(size).numpy()[..., None, :]  # [N, 1, 2]
+  scale = geometry.to_512_scale(size)[..., None, :]  # [N, 1, 2]
   abs_512 = abs_px * scale
-  aop_pred = geometry.aop_deg(pred).numpy() if len(pred) else np.zeros((0,), np.float32)
-  aop_gt = geometry.aop_deg(gt).numpy() if len(gt) else np.zeros((0,), np.float32)
+  aop_pred = geometry.aop_deg(pred) if len(pred) else np.zeros((0,), np.float32)
+  aop_gt = geometry.aop_deg(gt) if len(gt) else np.zeros((0,), np.float32)
   by_landmark = np.zeros(pred.shape[:-1], np.float32)
   for k in range(3):
     if len(pred):
       one = gt.copy()
       one[:, k] = pred[:, k]
-      by_landmark[:, k] = np.abs(geometry.aop_deg(one).numpy() - aop_gt)
+      by_landmark[:, k] = np.abs(geometry.aop_deg(one) - aop_gt)
   return {
       "radial_px": np.sqrt(np.sum(np.square(abs_px), axis=-1)),
       "radial_512": np.sqrt(np.sum(np.square(abs_512), axis=-1)),

@@ -6,12 +6,11 @@ against unit-peak Gaussians), and, when `seg_classes > 0`, `segmentation`, float
 seg_classes] softmax probabilities (0 background, 1 pubic symphysis, 2 fetal head).
 """
 
-import math
-
 import keras
 from keras import layers
 
 from aop_tf import NUM_LANDMARKS
+from aop_tf import config
 
 # The paper's Table 1: input 512x512x3, 64..1024 channels, decoder back to 512, resize to 64.
 PAPER = dict(input_size=512, input_channels=3, base_filters=64, depth=4, heatmap_size=64,
@@ -30,22 +29,7 @@ def _conv_block(x, filters, norm, name, dtype=None, sync=False):
   return x
 
 
-def decoder_blocks(input_size, heatmap_size, depth, decode_to_full):
-  """Number of decoder blocks: all `depth` of them, or up to the heatmap resolution only."""
-  if decode_to_full:
-    return depth
-  stride = input_size // heatmap_size
-  if stride * heatmap_size != input_size or stride & (stride - 1):
-    raise ValueError(f"input_size {input_size} must be a power-of-two multiple of heatmap_size "
-                     f"{heatmap_size} when the decoder stops at the heatmap resolution.")
-  blocks = depth - int(math.log2(stride))
-  if blocks < 0:
-    raise ValueError(f"depth {depth} is too shallow for output stride {stride}.")
-  return blocks
-
-
 HEATMAP_ACTIVATIONS = ("linear", "spatial_softmax")
-NORMS = ("batch", "group", "none")
 
 
 def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
@@ -85,9 +69,9 @@ def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatm
   if heatmap_activation not in HEATMAP_ACTIVATIONS:
     raise ValueError(f"Unknown heatmap_activation {heatmap_activation!r}; expected one of "
                      f"{HEATMAP_ACTIVATIONS}.")
-  if norm not in NORMS:
-    raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
-  n_up = decoder_blocks(input_size, heatmap_size, depth, decode_to_full)
+  if norm not in config.NORMS:
+    raise ValueError(f"Unknown norm {norm!r}; expected one of {config.NORMS}.")
+  n_up = config.decoder_blocks(input_size, heatmap_size, depth, decode_to_full)
   # None: the global policy (float32 unless a caller changed it).
   body = "mixed_bfloat16" if mixed_precision else None
   out = "float32" if mixed_precision else None

@@ -18,7 +18,6 @@ mid-write at most leaves a `.tmp-*` file, which `remove_stale_temp_files` delete
 import contextlib
 import fcntl
 import glob
-import json
 import os
 import zipfile
 
@@ -29,7 +28,7 @@ from aop_tf import model as model_lib
 from aop_tf import semi  # registers semi.MeanTeacher, so its checkpoints load
 from aop_tf.io import files
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = config_lib.CONFIG_FILE
 STATE_FILE = "state.json"
 # A shipped model's float weights beside its model.tflite (`--init_from=<name>` fine-tunes them).
 WEIGHTS_FILE = "weights.keras"
@@ -62,18 +61,8 @@ def remove_stale_temp_files(folder):
   return removed
 
 
-def write_json(path, obj):
-  """Writes `obj` as indented JSON, atomically."""
-  def write(tmp):
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-  atomic_write(path, write)
-
-
-def read_json(path):
-  """The JSON at `path` (a regular file of at most `files.MAX_TEXT_BYTES`)."""
-  return json.loads(files.read_bounded(path, files.MAX_TEXT_BYTES, "JSON file"))
+write_json = files.write_json
+read_json = files.read_json
 
 
 def save_model(model, path):

@@ -4,8 +4,7 @@ import math
 
 import keras
 
-OPTIMIZERS = ("adam", "adamw")
-LR_SCHEDULES = ("step", "cosine", "constant")
+from aop_tf import config
 
 
 def make_optimizer(optim):
@@ -33,13 +32,14 @@ def learning_rate_at(step, steps_per_epoch, base_lr, schedule="step", epochs=150
     step: global optimizer step (iterations so far).
     steps_per_epoch: optimizer steps in one epoch.
     base_lr: peak learning rate.
-    schedule: one of `LR_SCHEDULES`.
+    schedule: one of `config.LR_SCHEDULES`.
     epochs: total epochs (for cosine).
     step_epochs, step_factor: the step schedule.
     warmup_epochs: linear warm-up length, epochs.
   """
-  if schedule not in LR_SCHEDULES:
-    raise ValueError(f"Unknown lr schedule {schedule!r}; expected one of {LR_SCHEDULES}.")
+  if schedule not in config.LR_SCHEDULES:
+    raise ValueError(f"Unknown lr schedule {schedule!r}; expected one of "
+                     f"{config.LR_SCHEDULES}.")
   epoch = step // steps_per_epoch
   warmup_steps = warmup_epochs * steps_per_epoch
   if schedule == "step":

@@ -4,7 +4,8 @@
       --output=pred.csv [--format=csv|json] [--overlay_dir=overlays] [--min_confidence=0.3]
 
 `--model` is a SavedModel folder (`saved_models/<name>`, run through its `serve_images` signature),
-a `.tflite` file, a training directory or a shipped model's name (`psfhs`). Prediction = a
+a `.tflite` file, a training directory or a shipped model's name (`psfhs`); a `.tflite` file or a
+shipped model runs without TensorFlow (LiteRT), the others need it. Prediction = a
 predictor + image files + writers. Images (PNG, JPEG, BMP, GIF; gray, gray + alpha, RGB, RGBA, CMYK
 JPEG, 8 or 16 bits; 1x1 up to `--max_pixels`) are read and decoded by a thread pool, batched by
 size, and predicted; points are `(x, y)` in each image's own pixels. Files that cannot be read or
@@ -187,7 +188,7 @@ def _rows(batch, out, min_confidence, uncertainty_floor):
     shown = (frame.image.shape[1], frame.image.shape[0])
     landmarks, aop = out["landmarks"][i], float(out["aop_deg"][i])
     if shown != tuple(frame.size_px):
-      landmarks = geometry.rescale_points(landmarks, shown, frame.size_px).numpy()
+      landmarks = geometry.rescale_points(landmarks, shown, frame.size_px)
       aop = float(geometry.aop_deg(landmarks))
     spread = float(out["aop_spread_deg"][i]) if "aop_spread_deg" in out else math.nan
     rows.append(results.prediction_row(frame, landmarks, aop, out["confidence"][i], spread,
@@ -280,8 +281,7 @@ def pseudo_label_rows(rows, semi, root):
   landmarks = np.array([[[r[f"{n}_x"], r[f"{n}_y"]] for n in LANDMARK_NAMES] for r in rows])
   confidence = np.array([[r[f"{n}_confidence"] for n in LANDMARK_NAMES] for r in rows])
   sizes = np.array([[r["width"], r["height"]] for r in rows], np.float32)
-  verdicts = {k: v.numpy() for k, v in pseudo.verdicts(landmarks, np.nan_to_num(confidence, nan=-1),
-                                                       sizes, semi).items()}
+  verdicts = pseudo.verdicts(landmarks, np.nan_to_num(confidence, nan=-1), sizes, semi)
   out = []
   for i, row in enumerate(rows):
     record = {"Filename": os.path.relpath(os.path.abspath(row["filename"]), root).replace(

@@ -19,44 +19,26 @@ Batching is done once, here: `chunks` cuts a stream into lists of at most `batch
 `MAX_BATCH_VALUES` pixel values. Evaluation
 (`aop_tf.evaluate`) is a predictor + a data source + metrics; `aop_tf.predict` is a predictor +
 image files + writers; `aop_tf.export` checks its exports against the Keras predictor.
+
+This module and the TFLite predictor run without TensorFlow (LiteRT, numpy); the Keras,
+SavedModel and re-decoding predictors are in `aop_tf.predictor_tf`, which `load` imports only
+for them (a one-line error says what to install where TensorFlow is missing).
 """
 
-import contextlib
 import dataclasses
 import os
 from concurrent import futures
 
 import numpy as np
-import tensorflow as tf
 
 from aop_tf import codec as codec_lib
 from aop_tf import config as config_lib
-from aop_tf import data
-from aop_tf import model_dir as model_dir_lib
-from aop_tf import serving
 from aop_tf import zoo
+from aop_tf.io import files
 
-OUTPUT_KEYS = serving.OUTPUT_KEYS + serving.ENSEMBLE_KEYS  # every predictor returns all
-# The ops of the graphs aop_tf exports (every model variant: batch or group norm, softmax head,
-# segmentation and tangent FH1, DARK), and pure math ops a variant may add. A SavedModel whose
-# `serve_images` graph holds anything else (file I/O such as WriteFile or ReadFile, PyFunc, ...) is
-# not run unless trusted: this guards against unexpected file and system access from a graph, not
-# against a malicious TensorFlow kernel or a crafted checkpoint that exploits the loader itself.
-ALLOWED_OPS = frozenset("""
-Abs AddV2 All Any ArgMax ArgMin Assert Atan2 AvgPool BatchMatMulV2 BiasAdd Cast Ceil ConcatV2 Const
-Conv2D Conv2DBackpropInput Cumsum DecodeBmp DecodeGif DecodeImage DecodeJpeg DecodePng
-DepthwiseConv2dNative Einsum EnsureShape Equal Erf Exp ExpandDims Fill Floor FloorDiv FloorMod
-FusedBatchNormV3 GatherNd GatherV2 Greater GreaterEqual Identity IdentityN If
-ImageProjectiveTransformV3 IsFinite IsNan LeakyRelu Less LessEqual Log LogSoftmax LogicalAnd
-LogicalNot LogicalOr MatMul Max MaxPool Maximum Mean Min Minimum MirrorPad Mul Neg NoOp NotEqual
-OnesLike Pack Pad PadV2 PartitionedCall Placeholder Pow PreventGradient Prod Range Rank
-ReadVariableOp RealDiv Reciprocal Relu Relu6 Reshape ResizeBilinear ResizeNearestNeighbor
-ReverseV2 Round Rsqrt ScaleAndTranslate Select SelectV2 Shape Sigmoid Sign Size Slice Softmax
-Softplus Split SplitV Sqrt Square SquaredDifference Squeeze StatefulPartitionedCall StatelessIf
-StatelessWhile StopGradient StridedSlice Sub Sum Tanh TensorListElementShape TensorListFromTensor
-TensorListGetItem TensorListLength TensorListReserve TensorListSetItem TensorListStack Tile TopKV2
-Transpose Unpack Where While ZerosLike
-""".split())
+OUTPUT_KEYS = codec_lib.OUTPUT_KEYS + codec_lib.ENSEMBLE_KEYS  # every predictor returns all
+# The modules a missing TensorFlow install lacks (`predictor_tf` imports them).
+TENSORFLOW_MODULES = ("tensorflow", "keras", "tensorflow_datasets")
 # At most this many pixel values (H * W * C) go to the model in one call (a float32 copy of them is
 # 64 MiB): a batch is bounded by its pixels, not by its count.
 MAX_BATCH_VALUES = 1 << 24
@@ -120,9 +102,9 @@ def first_line(error):
 
 
 def _with_ensemble_keys(outputs):
-  """`outputs` with the `serving.ENSEMBLE_KEYS` of a single model's outputs, NaN per image."""
+  """`outputs` with the `codec.ENSEMBLE_KEYS` of a single model's outputs, NaN per image."""
   batch = len(outputs["aop_deg"])
-  for key in serving.ENSEMBLE_KEYS:
+  for key in codec_lib.ENSEMBLE_KEYS:
     if key not in outputs:
       outputs[key] = np.full((batch,), np.nan, np.float32)
   return outputs
@@ -168,52 +150,6 @@ class Predictor:
                 "fh1_method": self.codec.fh1_method, "heatmap_scale": self.codec.heatmap_scale}}
 
 
-class KerasPredictor(Predictor):
-  """A Keras landmark model + `data.preprocess_image` + `codec.decode`, traced once.
-
-  Args:
-    model: the Keras model (input float32 [B, S, S, C] 0..255).
-    codec: its `codec.HeatmapCodec`.
-    path: where it came from (for reports).
-    checkpoint: its checkpoint name (for reports).
-  """
-  kind = "keras"
-
-  def __init__(self, model, codec, path="", checkpoint=None):
-    super().__init__(path, codec, codec.heatmap_size)
-    self.model = model
-    self.checkpoint = checkpoint
-    _, size, _, channels = model.input_shape
-    self._run_prepared = tf.function(self._decode, autograph=False, input_signature=[
-        tf.TensorSpec([None, size, size, channels], tf.float32), tf.TensorSpec([None, 2],
-                                                                               tf.float32)])
-    self._run_uint8 = tf.function(
-        lambda images: self._decode(data.preprocess_image(images, size, channels),
-                                    _sizes_of(images)),
-        autograph=False, input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8)])
-
-  def _decode(self, images, size_px):
-    return self.codec.decode(self.model(images, training=False), size_px)
-
-  def _run(self, images):
-    return {k: v.numpy() for k, v in self._run_uint8(tf.constant(images)).items()}
-
-  def predict_prepared(self, images, size_px):
-    """Outputs for model inputs already prepared (`data.make_dataset`): float32 [B, S, S, C] 0..255
-    and the original `(width, height)` [B, 2]."""
-    out = self._run_prepared(tf.cast(images, tf.float32), tf.cast(size_px, tf.float32))
-    return {k: v.numpy() for k, v in out.items()}
-
-  def describe(self):
-    return dict(super().describe(), checkpoint=self.checkpoint)
-
-
-def _sizes_of(images):
-  """`(width, height)` float32 [B, 2] of a batch [B, H, W, C] of one size."""
-  shape = tf.shape(images)
-  return tf.tile(tf.cast(tf.stack([shape[2], shape[1]]), tf.float32)[None], [shape[0], 1])
-
-
 def native_bfloat16(cpuinfo="/proc/cpuinfo"):
   """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 in its flags; Linux).
 
@@ -229,86 +165,13 @@ def native_bfloat16(cpuinfo="/proc/cpuinfo"):
   return False
 
 
-@contextlib.contextmanager
-def bfloat16_graphs(enabled=True):
-  """oneDNN bfloat16 auto mixed precision for the TF functions called inside (when `enabled`).
-
-  The setting is part of each call's configuration, so it holds for these calls only (not
-  thread-safe: calls made meanwhile by other threads get it too)."""
-  if not enabled:
-    yield
-    return
-  key = "auto_mixed_precision_onednn_bfloat16"
-  before = tf.config.optimizer.get_experimental_options().get(key, False)
-  tf.config.optimizer.set_experimental_options({key: True})
-  try:
-    yield
-  finally:
-    tf.config.optimizer.set_experimental_options({key: before})
-
-
-def _export_spec(folder):
+def export_spec(folder):
   """The run spec recorded in an export's `export_info.json`, or None."""
   path = os.path.join(folder, EXPORT_INFO_FILE)
   if not os.path.isfile(path):
     return None
-  info = model_dir_lib.read_json(path)
+  info = files.read_json(path)
   return config_lib.from_json(info.get("config"), f"{path} (config)")
-
-
-def _codec_of(spec):
-  return None if spec is None else spec.heatmap_codec()
-
-
-def graph_ops(function):
-  """The op types of a concrete function's graph and of every function it calls."""
-  graph_def = function.graph.as_graph_def()
-  ops = {node.op for node in graph_def.node}
-  for library_function in graph_def.library.function:
-    ops |= {node.op for node in library_function.node_def}
-  return ops
-
-
-class SavedModelPredictor(Predictor):
-  """Runs a SavedModel's `serve_images` signature: its own resize, model and decoder.
-
-  Args:
-    path: the SavedModel folder.
-    bfloat16: let oneDNN run the convolutions in bfloat16 (auto mixed precision): ~1.5-2x
-      images/s on CPUs with AVX512-BF16 or AMX, landmarks within a fraction of a pixel
-      (benchmarks/speed.py); TF leaves the graph float32 on other CPUs.
-    trust_model: run it even if its graph holds ops outside `ALLOWED_OPS`.
-  """
-  kind = "saved_model"
-
-  def __init__(self, path, bfloat16=False, trust_model=False):
-    try:
-      self._loaded = tf.saved_model.load(path)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"{path}: cannot load the SavedModel ({type(e).__name__}: "
-                       f"{first_line(e)}); re-export it with `python -m aop_tf.export`.") from None
-    if serving.SERVE_IMAGES not in self._loaded.signatures:
-      raise ValueError(f"{path} has no {serving.SERVE_IMAGES!r} signature (has "
-                       f"{sorted(self._loaded.signatures)}); export it with "
-                       "`python -m aop_tf.export`.")
-    self._fn = self._loaded.signatures[serving.SERVE_IMAGES]
-    unknown = graph_ops(self._fn) - ALLOWED_OPS
-    if unknown and not trust_model:
-      raise ValueError(f"{path}: its {serving.SERVE_IMAGES} graph uses ops no aop_tf export "
-                       f"uses ({', '.join(sorted(unknown))}), e.g. file or system access; not "
-                       "running it. Pass --trust_model if you trust where it came from.")
-    cells = self._fn.structured_outputs["heatmaps"].shape[1]
-    self.spec = _export_spec(path)
-    super().__init__(path, _codec_of(self.spec), cells)
-    self.bfloat16 = bool(bfloat16)
-
-  def _run(self, images):
-    with bfloat16_graphs(self.bfloat16):
-      out = self._fn(images=tf.constant(images))
-    return {k: out[k].numpy() for k in OUTPUT_KEYS if k in out}
-
-  def describe(self):
-    return dict(super().describe(), signature=serving.SERVE_IMAGES)
 
 
 class _LiteRunner:
@@ -317,12 +180,12 @@ class _LiteRunner:
   def __init__(self, path, num_threads=None):
     from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
     self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
-    runner = self._interpreter.get_signature_runner(serving.SERVING_DEFAULT)
+    runner = self._interpreter.get_signature_runner()  # an export's only one, serving_default
     self._input = runner.get_input_details()["images"]["index"]
     outputs = runner.get_output_details()
     self._outputs = {k: v["index"] for k, v in outputs.items()}
     self.heatmap_shape = outputs.get("heatmaps", {}).get("shape", [1, 0, 0, 3])
-    missing = set(serving.OUTPUT_KEYS) - set(self._outputs)
+    missing = set(codec_lib.OUTPUT_KEYS) - set(self._outputs)
     if missing:
       raise ValueError(f"{path} lacks outputs {sorted(missing)}; re-export it with "
                        "`python -m aop_tf.export`.")
@@ -358,8 +221,9 @@ class TFLitePredictor(Predictor):
     except (ValueError, RuntimeError) as e:
       raise ValueError(f"{path}: cannot load the TFLite model ({first_line(e)}); re-export it "
                        "with `python -m aop_tf.export`.") from None
-    self.spec = _export_spec(os.path.dirname(os.path.abspath(path)))
-    super().__init__(path, _codec_of(self.spec), self._runners[0].heatmap_shape[1])
+    self.spec = export_spec(os.path.dirname(os.path.abspath(path)))
+    super().__init__(path, None if self.spec is None else self.spec.heatmap_codec(),
+                     self._runners[0].heatmap_shape[1])
     self._pool = futures.ThreadPoolExecutor(count, "tflite") if count > 1 else None
 
   def _run(self, images):
@@ -374,26 +238,6 @@ class TFLitePredictor(Predictor):
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-class RedecodingPredictor(Predictor):
-  """Another predictor's heatmaps decoded with another codec (e.g. an export re-decoded with
-  DARK). FH1 by tangent needs the segmentation output, which exports do not return."""
-
-  def __init__(self, inner, codec):
-    super().__init__(inner.path, codec, inner.heatmap_cells)
-    self.inner = inner
-    self.kind = inner.kind
-    self.spec = inner.spec
-
-  def _run(self, images):
-    out = self.inner._run(images)  # pylint: disable=protected-access
-    size = np.tile([[images.shape[2], images.shape[1]]], (len(images), 1)).astype(np.float32)
-    decoded = self.codec.decode(tf.constant(out["heatmaps"]), size)
-    return {k: np.asarray(v) for k, v in decoded.items()}
-
-  def describe(self):
-    return dict(self.inner.describe(), decode=super().describe()["decode"], redecoded=True)
-
-
 def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
          num_interpreters=1, trust_model=False):
   """The predictor of a training directory, a SavedModel folder or a `.tflite` file.
@@ -405,28 +249,25 @@ def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
       `model_dir.CHECKPOINTS`).
     decode: optional {`decode_method`, `blur_sigma_cells`, `fh1_method`} overriding the model's
       decoding (an export's heatmaps are then decoded again).
-    bfloat16, trust_model: SavedModel only, see `SavedModelPredictor`.
+    bfloat16, trust_model: SavedModel only, see `predictor_tf.SavedModelPredictor`.
     num_threads, num_interpreters: TFLite only, see `TFLitePredictor`.
+
+  Raises:
+    ModuleNotFoundError: all but a TFLite model without `decode` need TensorFlow, not installed.
   """
   decode = {k: v for k, v in (decode or {}).items() if v is not None}
   path = zoo.resolve(path) or path  # a shipped model's name: its folder
-  if os.path.isdir(path) and os.path.isfile(os.path.join(path, model_dir_lib.CONFIG_FILE)):
-    name, _ = model_dir_lib.resolve_checkpoint(path, checkpoint)
-    model, spec = model_dir_lib.load_model(path, name)
-    codec = _override(spec.heatmap_codec(), decode)
-    if codec.fh1_method == "tangent" and spec.model.seg_classes <= 2:
-      raise ValueError(f"fh1_method 'tangent' needs a segmentation head; {path} has "
-                       f"seg_classes={spec.model.seg_classes}.")
-    keras_predictor = KerasPredictor(model, codec, path, name)
-    keras_predictor.spec = spec
-    return keras_predictor
+  if os.path.isdir(path) and os.path.isfile(os.path.join(path, config_lib.CONFIG_FILE)):
+    return _tensorflow(f"--model={path}: a training directory").load_training_dir(
+        path, checkpoint, decode)
   if checkpoint:
     raise ValueError(f"--checkpoint={checkpoint} applies to training directories; {path} is "
                      "not one.")
   if os.path.isfile(path) and path.endswith(".tflite"):
     inner = TFLitePredictor(path, num_threads, num_interpreters)
   elif os.path.isdir(path) and os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
-    inner = SavedModelPredictor(path, bfloat16, trust_model)
+    inner = _tensorflow(f"--model={path}: a SavedModel").SavedModelPredictor(
+        path, bfloat16, trust_model)
   elif os.path.isdir(path) and os.path.isfile(os.path.join(path, TFLITE_FILE)):
     inner = TFLitePredictor(os.path.join(path, TFLITE_FILE), num_threads, num_interpreters)
   else:
@@ -438,14 +279,35 @@ def load(path, checkpoint=None, decode=None, bfloat16=False, num_threads=None,
   if not decode:
     return inner
   # An export that does not record its codec is re-decoded from the defaults.
-  codec = _override(inner.codec or codec_lib.HeatmapCodec(heatmap_size=inner.heatmap_cells or 64),
-                    decode)
-  return inner if codec == inner.codec else RedecodingPredictor(inner, codec)
+  codec = override(inner.codec or codec_lib.HeatmapCodec(heatmap_size=inner.heatmap_cells or 64),
+                   decode)
+  if codec == inner.codec:
+    return inner
+  return _tensorflow("decoding an export's heatmaps again").RedecodingPredictor(inner, codec)
 
 
-def _override(codec, decode):
+def override(codec, decode):
   """`codec` with the decode settings in `decode` (`HeatmapCodec` field names) changed."""
   try:
     return dataclasses.replace(codec, **decode)
   except TypeError as e:
     raise ValueError(f"Unknown decode settings {sorted(decode)}: {e}") from None
+
+
+def missing_tensorflow(error, what):
+  """The exception to raise for `error`, an ImportError met while importing a module that needs
+  TensorFlow for `what`: a one-line ModuleNotFoundError saying what to install where TensorFlow
+  (or Keras, TFDS) is missing, else `error` itself."""
+  if (error.name or "").split(".")[0] not in TENSORFLOW_MODULES:
+    return error
+  return ModuleNotFoundError(f"{what} needs TensorFlow: pip install 'aop_tf[train]'",
+                             name=error.name)
+
+
+def _tensorflow(what):
+  """`aop_tf.predictor_tf`, or `missing_tensorflow`'s error for `what`."""
+  try:
+    from aop_tf import predictor_tf  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise missing_tensorflow(e, what) from None
+  return predictor_tf

@@ -10,10 +10,9 @@ self-training and annotators) both judge landmarks here. A verdict needs all of:
               image coordinates (y down), as in 836 of 838 PSFHS train labels (checked only with
               `pseudo_head_side`)
 
-Landmarks are `(x, y)` in original-image pixels, order PS1, PS2, FH1. Plain TF ops on batches.
+Landmarks are `(x, y)` in original-image pixels, order PS1, PS2, FH1. The same code judges numpy
+batches (predict) and TF tensors (the teacher's training step), through `geometry.backend`.
 """
-
-import tensorflow as tf
 
 from aop_tf import geometry
 
@@ -25,9 +24,9 @@ LANDMARK_SETS = {"all": (0, 1, 2), "symphysis": (0, 1)}
 VERDICTS = ("confident", "ps_length", "aop", "head_side")
 
 
-def _within(values, bounds):
+def _within(xp, values, bounds):
   """values in [lo, hi]; NaN is not."""
-  return tf.logical_and(values >= bounds[0], values <= bounds[1])
+  return xp.logical_and(values >= bounds[0], values <= bounds[1])
 
 
 def verdicts(landmarks_px, confidence, size_px, semi):
@@ -40,20 +39,20 @@ def verdicts(landmarks_px, confidence, size_px, semi):
     semi: a `config.SemiSpec` (the `pseudo_*` knobs).
 
   Returns:
-    dict of bool [B]: each of `VERDICTS`, and `kept` (all of them).
+    dict of bool [B]: each of `VERDICTS`, and `kept` (all of them); numpy arrays for numpy
+    inputs, tensors when any input is a tensor.
   """
-  points = tf.cast(landmarks_px, tf.float32)
-  confidence = tf.cast(confidence, tf.float32)
-  size = tf.cast(size_px, tf.float32)
-  out = {"confident": tf.reduce_all(confidence >= semi.pseudo_min_confidence, axis=-1)}
+  xp = geometry.backend(landmarks_px, confidence, size_px)
+  points, confidence, size = xp.f32(landmarks_px), xp.f32(confidence), xp.f32(size_px)
+  out = {"confident": xp.all(confidence >= semi.pseudo_min_confidence, axis=-1)}
   ps = (points[:, 0] - points[:, 1]) * geometry.to_512_scale(size)
-  out["ps_length"] = _within(tf.norm(ps, axis=-1), semi.pseudo_ps_length_512)
-  out["aop"] = _within(geometry.aop_deg(points), semi.pseudo_aop_range_deg)
+  out["ps_length"] = _within(xp, xp.norm(ps, axis=-1), semi.pseudo_ps_length_512)
+  out["aop"] = _within(xp, geometry.aop_deg(points), semi.pseudo_aop_range_deg)
   u, v = points[:, 1] - points[:, 0], points[:, 2] - points[:, 0]
   clockwise = u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0] < 0.0
-  out["head_side"] = clockwise if semi.pseudo_head_side else tf.ones_like(clockwise)
+  out["head_side"] = clockwise if semi.pseudo_head_side else xp.ones_like(clockwise)
   kept = out["confident"]
   for name in VERDICTS[1:]:
-    kept = tf.logical_and(kept, out[name])
+    kept = xp.logical_and(kept, out[name])
   out["kept"] = kept
   return out

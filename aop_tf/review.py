@@ -44,4 +44,4 @@ def filter_verdicts(landmarks_px, confidence, size_px, semi):
   verdicts = pseudo.verdicts(np.asarray(landmarks_px, np.float32).reshape(-1, 3, 2),
                              np.nan_to_num(confidence, nan=-1.0),
                              np.asarray(size_px, np.float32).reshape(-1, 2), semi)
-  return verdicts["kept"].numpy(), np.min(confidence, axis=1)
+  return np.asarray(verdicts["kept"]), np.min(confidence, axis=1)

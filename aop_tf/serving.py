@@ -32,14 +32,14 @@ import numpy as np
 import tensorflow as tf
 
 from aop_tf import NUM_LANDMARKS
+from aop_tf import codec as codec_lib
 from aop_tf import data
 
 SERVING_DEFAULT = "serving_default"
 SERVE_IMAGES = "serve_images"
 SIGNATURES = (SERVING_DEFAULT, SERVE_IMAGES)
-OUTPUT_KEYS = ("landmarks", "aop_deg", "confidence", "heatmaps")
-# Outputs of ensembles only (JSON responses stay finite); predictors give NaN for other models.
-ENSEMBLE_KEYS = ("aop_spread_deg",)
+# The outputs: `codec.OUTPUT_KEYS`, and `codec.ENSEMBLE_KEYS` for ensembles only (so that JSON
+# responses stay finite).
 
 
 def run_and_decode(model, images, size_px, codec):
@@ -52,10 +52,12 @@ def run_and_decode(model, images, size_px, codec):
     codec: the run's `codec.HeatmapCodec`.
 
   Returns:
-    dict of `OUTPUT_KEYS` (and `ENSEMBLE_KEYS` for an ensemble; see the module docstring).
+    dict of `codec.OUTPUT_KEYS` (and `codec.ENSEMBLE_KEYS` for an ensemble; see the module
+    docstring).
   """
   decoded = codec.decode(model(images, training=False), size_px)
-  return {key: decoded[key] for key in OUTPUT_KEYS + ENSEMBLE_KEYS if key in decoded}
+  return {key: decoded[key] for key in codec_lib.OUTPUT_KEYS + codec_lib.ENSEMBLE_KEYS
+          if key in decoded}
 
 
 def _input_of(model, codec):
@@ -216,7 +218,7 @@ def tflite_archive(model, codec):
 
 def check_outputs(outputs, batch):
   """Raises ValueError unless `outputs` has every key with the documented batch shapes."""
-  for key in OUTPUT_KEYS:
+  for key in codec_lib.OUTPUT_KEYS:
     if key not in outputs:
       raise ValueError(f"Serving output lacks {key!r}; has {sorted(outputs)}.")
   expected = {"landmarks": (batch, NUM_LANDMARKS, 2), "aop_deg": (batch,),

@@ -8,18 +8,22 @@ it again to see the same examples again. `describe()` says where the examples co
 import os
 
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
-from aop_tf import data
+from aop_tf import predictor as predictor_lib
 from aop_tf.io import labels
 from aop_tf.io.records import InputError
 
 
 class TfdsSource:
-  """A split of a dataset written by `python -m data_prep.build`, read from disk on each pass."""
+  """A split of a dataset written by `python -m data_prep.build`, read from disk on each pass
+  (with TensorFlow Datasets, imported here only: a CSV source needs no TensorFlow)."""
 
   def __init__(self, data_dir, split):
+    try:
+      from aop_tf import data  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise predictor_lib.missing_tensorflow(e, "--data_dir (a built dataset)") from None
     self.data_dir = data.find_dataset_dir(data_dir)
     self.split = split
     self.name = split
@@ -30,6 +34,8 @@ class TfdsSource:
     return self._count
 
   def __iter__(self):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from aop_tf import data  # pylint: disable=import-outside-toplevel
     try:
       for ex in data.load_split(self.data_dir, self.split).as_numpy_iterator():
         yield {"image": ex["image"], "landmarks": ex["landmarks"].astype(np.float32),

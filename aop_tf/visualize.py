@@ -129,7 +129,7 @@ def overlay(image, pred=None, gt=None, aop_pred=None, aop_gt=None, title=None, m
       continue
     points = np.asarray(points, np.float32).reshape(3, 2)
     if aop is None and _finite(points):
-      aop = float(geometry.aop_deg(points).numpy())
+      aop = float(geometry.aop_deg(points))
     aop = None if aop is None else float(aop)
     shown = "undefined" if aop is None or not math.isfinite(aop) else f"{aop:.1f} deg"
     spread = aop_pred_spread if name == names[1] else None
@@ -138,8 +138,7 @@ def overlay(image, pred=None, gt=None, aop_pred=None, aop_gt=None, title=None, m
     lines.append((f"AoP {name}: {shown}", color))
     if not _finite(points):
       continue  # Nothing to draw; the text above says the AoP is undefined.
-    mapped = geometry.rescale_points(points, (width, height),
-                                     (canvas.shape[1], canvas.shape[0])).numpy()
+    mapped = geometry.rescale_points(points, (width, height), (canvas.shape[1], canvas.shape[0]))
     _draw_landmarks(canvas, mapped, aop, color, scale, label_offset, arc_gain)
   for i, (text, color) in enumerate(lines):
     _text(canvas, text, (10 * scale, (20 + 20 * i) * scale), color, 0.55 * scale)

@@ -128,7 +128,7 @@ def _read_predictions(path):
 
 def _aop(points):
   from aop_tf import geometry  # pylint: disable=import-outside-toplevel
-  return geometry.aop_deg(np.asarray(points, np.float32)).numpy()
+  return geometry.aop_deg(np.asarray(points, np.float32))
 
 
 def measure_split(psfhs_dir, split, predictions, thresholds):

@@ -256,6 +256,7 @@ def section_infer(model_dir, exports, images):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from aop_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   from aop_tf import predictor  # pylint: disable=import-outside-toplevel
+  from aop_tf import predictor_tf  # pylint: disable=import-outside-toplevel
   from aop_tf import serving  # pylint: disable=import-outside-toplevel
   rows = []
 
@@ -308,7 +309,7 @@ def section_infer(model_dir, exports, images):
     row = summarize_calls(seconds, 2, backend=f"tflite_{quantize}", threads="2x1")
     row["note"] = "2 interpreters of 1 thread, one image each, side by side (predict's default)"
     add(row)
-  with predictor.bfloat16_graphs():
+  with predictor_tf.bfloat16_graphs():
     savedmodel_rows("savedmodel_bf16")
   return rows
 
@@ -339,6 +340,7 @@ def section_accuracy(model_dir, exports, data):
   from aop_tf import metrics  # pylint: disable=import-outside-toplevel
   from aop_tf import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
   from aop_tf import predictor  # pylint: disable=import-outside-toplevel
+  from aop_tf import predictor_tf  # pylint: disable=import-outside-toplevel
   from aop_tf import serving  # pylint: disable=import-outside-toplevel
   images, gt_px, size_px = data
   _, name = _checkpoint(model_dir)
@@ -349,7 +351,7 @@ def section_accuracy(model_dir, exports, data):
   del model
   variants = [("keras", None)]
   variants += [("savedmodel",
-                predictor.SavedModelPredictor(next(iter(exports.folders.values()))))]
+                predictor_tf.SavedModelPredictor(next(iter(exports.folders.values()))))]
   variants += [(f"tflite_{q}", predictor.TFLitePredictor(os.path.join(f, "model.tflite")))
                for q, f in exports.folders.items()]
   rows = {}
@@ -359,7 +361,7 @@ def section_accuracy(model_dir, exports, data):
     _log(f"accuracy {backend:<16} MRE {rows[backend]['mre_px']:.2f} px, AoP error "
          f"{rows[backend]['aop_error_deg_mean']:.2f} deg, drift from Keras "
          f"{rows[backend]['drift_px_max']:.3f} px (max)")
-  runner = predictor.SavedModelPredictor(next(iter(exports.folders.values())), bfloat16=True)
+  runner = predictor_tf.SavedModelPredictor(next(iter(exports.folders.values())), bfloat16=True)
   rows["savedmodel_bf16"] = _score(metrics, runner.predict(images)["landmarks"], gt_px, size_px,
                                    reference)
   _log(f"accuracy savedmodel_bf16   MRE {rows['savedmodel_bf16']['mre_px']:.2f} px, AoP error "

@@ -217,7 +217,7 @@ def pseudo_quality(label, semi):
                        for n in LANDMARK_NAMES], 1)
     confidence = np.stack([columns[f"{n}_confidence"] for n in LANDMARK_NAMES], -1)
     size = np.stack([columns["width"], columns["height"]], -1)
-    verdict = {k: v.numpy() for k, v in pseudo.verdicts(points, confidence, size, semi).items()}
+    verdict = pseudo.verdicts(points, confidence, size, semi)
     result["verdict_share"] = {k: float(np.mean(v[unlabeled])) for k, v in verdict.items()}
     result["kept"] = _errors(columns, unlabeled & verdict["kept"])
     result["dropped"] = _errors(columns, unlabeled & ~verdict["kept"])

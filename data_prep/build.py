@@ -280,7 +280,7 @@ def _read_split(name, split, items, total, tally, strict, verbose, workers=1):
   if not records:
     return unlabeled_examples
   # One vectorised AoP per split; NaN = coincident points, refused like any bad input.
-  aops = geometry.aop_deg(np.stack([landmarks for _, landmarks, _ in records])).numpy()
+  aops = np.asarray(geometry.aop_deg(np.stack([landmarks for _, landmarks, _ in records])))
   kept = unlabeled_examples
   for (where, landmarks, example), aop in zip(records, aops):
     if np.isnan(aop):

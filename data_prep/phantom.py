@@ -94,7 +94,7 @@ def _sample_geometry(rng, size):
     yy = np.array([ps1[1], ps2[1], ps_centre[1]])
     if np.any(_ellipse_radius(xx, yy, head_centre, head_axes, head_angle) < 1.15):
       continue
-    angles = geometry.angle_deg(ps1[None], ps2[None], touch).numpy()
+    angles = np.asarray(geometry.angle_deg(ps1[None], ps2[None], touch))
     pick = int(np.argmax(angles))
     aop = float(angles[pick])
     fh1 = touch[pick]
@@ -205,7 +205,7 @@ def _head_turned(geo, turn_rad):
   touch = tangent_points(ps1, centre, geo["head_axes"], angle)
   if touch is None:
     return None
-  angles = geometry.angle_deg(ps1[None], ps2[None], touch).numpy()
+  angles = np.asarray(geometry.angle_deg(ps1[None], ps2[None], touch))
   pick = int(np.argmax(angles))
   landmarks = np.stack([ps1, ps2, touch[pick]])
   return dict(geo, head_centre=centre, head_angle=angle, landmarks=landmarks.astype(np.float32),

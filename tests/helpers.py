@@ -70,8 +70,9 @@ def train_spec(data_dir, model_dir, **flags):
 # find them unimported, as `python -m` does; nor data_prep, which one test checks is not loaded).
 PRELOAD = ("tensorflow", "keras", "tensorflow_datasets", "cv2", "absl.app", "absl.flags",
            "aop_tf.config", "aop_tf.data", "aop_tf.model", "aop_tf.losses", "aop_tf.callbacks",
-           "aop_tf.metrics", "aop_tf.serving", "aop_tf.predictor", "aop_tf.sources",
-           "aop_tf.visualize", "aop_tf.model_dir", "aop_tf.cli", "aop_tf.io.labels")
+           "aop_tf.metrics", "aop_tf.serving", "aop_tf.predictor", "aop_tf.predictor_tf",
+           "aop_tf.sources", "aop_tf.visualize", "aop_tf.model_dir", "aop_tf.cli",
+           "aop_tf.io.labels")
 
 
 def serve():

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: sets up .venv (once) with the package and its test extras, then runs pytest.
+# The test command: sets up .venv (once) with the package, its training and its test extras, then
+# runs pytest.
 # Usage: bash tests/run.sh [pytest args]   (default: the fast suite; `-m slow` for the slow one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,7 @@ if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c "import aop_tf, tensorfl
   echo "Setting up .venv (first run only)..."
   "$PY" -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e ".[test]"
+  .venv/bin/pip install --quiet -e ".[train,test]"
 fi
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 export AOP_PSFHS_DIR=${AOP_PSFHS_DIR:-$(cd .. && pwd)/shared/data/psfhs}

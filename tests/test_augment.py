@@ -138,7 +138,7 @@ def test_phantom_markers_follow_landmarks_through_resize_and_warp(seed):
   for point in moved:
     np.testing.assert_allclose(_centroid(out, point, 5.0), point, atol=0.1)
   # And back in original pixels, as make_dataset reports them.
-  back = geometry.rescale_points(moved, (input_size, input_size), (256, 256)).numpy()
+  back = geometry.rescale_points(moved, (input_size, input_size), (256, 256))
   forward_orig = (augment.scale_matrix((input_size,) * 2, (256, 256)).numpy()
                   @ augment.random_affine(tf.constant([seed, 4], tf.int64), AFFINE_ONLY,
                                           (input_size, input_size), markers_in).numpy()

@@ -152,7 +152,7 @@ def test_tangent_moves_fh1_to_the_head_tangent():
   assert np.hypot(*(landmarks[0, 2] - centre)) == pytest.approx(40.0, abs=4.0)
   rim = centre + 40.0 * np.stack([np.cos(np.linspace(0, 2 * np.pi, 720)),
                                   np.sin(np.linspace(0, 2 * np.pi, 720))], axis=-1)
-  best = geometry.angle_deg(landmarks[0, 0], landmarks[0, 1], rim).numpy().max()
+  best = geometry.angle_deg(landmarks[0, 0], landmarks[0, 1], rim).max()
   assert float(out["aop_deg"][0]) == pytest.approx(best, abs=1.5)
   assert float(out["aop_deg"][0]) == pytest.approx(float(geometry.aop_deg(landmarks[0])),
                                                    abs=1e-4)

@@ -47,7 +47,7 @@ def test_one_flag_per_field_typed_and_documented():
     assert flag.value == (list(f"{v:g}" for v in field.default) if field.type is tuple
                           else field.default), name
   assert flag_values["sigma_cells"].help.startswith("Gaussian target sigma")
-  assert flag_values["norm"].parser.enum_values == list(model_lib.NORMS)
+  assert flag_values["norm"].parser.enum_values == list(config.NORMS)
 
 
 @pytest.mark.parametrize("name", FLAGFILES)

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from aop_tf import codec
 from aop_tf import config
 from aop_tf import data
 from aop_tf import export
 from aop_tf import predictor
+from aop_tf import predictor_tf
 from aop_tf import serving
 import helpers
 
@@ -41,7 +43,7 @@ def exported(tmp_path_factory):
   export_dir = str(root / "saved_models" / "tiny")
   info = export.export_model_dir(str(root / "run"), export_dir)
   return {"model": model, "dir": export_dir, "info": info, "root": root,
-          "reference": predictor.KerasPredictor(model, SPEC.heatmap_codec())}
+          "reference": predictor_tf.KerasPredictor(model, SPEC.heatmap_codec())}
 
 
 def reference(ex, image):
@@ -121,7 +123,7 @@ def test_tflite_matches_keras(exported):
   index = runner.get_input_details()["images"]["index"]
   outputs = {k: v["index"] for k, v in runner.get_output_details().items()}
   del runner  # it holds views of the interpreter's buffers, which forbid resizing
-  assert set(outputs) == set(serving.OUTPUT_KEYS)
+  assert set(outputs) == set(codec.OUTPUT_KEYS)
   for i, shape in enumerate(SHAPES):
     image = make_image(shape, seed=i)
     interpreter.resize_tensor_input(index, [1, *shape], strict=True)
@@ -148,7 +150,7 @@ def test_saved_model_cli_lists_signatures(exported):
   for name in ("serving_default", "serve_images"):
     assert f"signature_def['{name}']" in text
   assert "inputs['images']" in text and "DT_STRING" in text and "DT_UINT8" in text
-  for key in serving.OUTPUT_KEYS:
+  for key in codec.OUTPUT_KEYS:
     assert f"outputs['{key}']" in text
 
 
@@ -174,7 +176,7 @@ def test_tf_serving_rest_request(exported):
   for i, image in enumerate(images):
     assert_close({k: v.numpy()[i:i + 1] for k, v in out.items()}, reference(exported, image))
   # TF Serving's JSON response carries these values as lists; they must be finite floats.
-  response = {"predictions": [{k: out[k][i].numpy().tolist() for k in serving.OUTPUT_KEYS}
+  response = {"predictions": [{k: out[k][i].numpy().tolist() for k in codec.OUTPUT_KEYS}
                               for i in range(len(images))]}
   json.dumps(response, allow_nan=False)
 
@@ -241,14 +243,14 @@ def test_failed_export_leaves_previous_intact(exported, tmp_path, monkeypatch):
     export.export(exported["model"], SPEC, str(tmp_path / "saved_models" / "fresh"))
   monkeypatch.undo()
 
-  real_predict = predictor.KerasPredictor.predict
+  real_predict = predictor_tf.KerasPredictor.predict
 
   def shifted_predict(self, images):  # verification fails: the export is not the model it claims
     out = real_predict(self, images)
     out["landmarks"] = out["landmarks"] + 3.0
     return out
 
-  monkeypatch.setattr(predictor.KerasPredictor, "predict", shifted_predict)
+  monkeypatch.setattr(predictor_tf.KerasPredictor, "predict", shifted_predict)
   with pytest.raises(export.ExportError, match="disagrees"):
     export.export(exported["model"], SPEC, target)
   after = {n: os.path.getmtime(os.path.join(target, n)) for n in os.listdir(target)}

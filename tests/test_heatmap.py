@@ -12,7 +12,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aop_tf import geometry, heatmap
+from aop_tf import config, geometry, heatmap, pseudo
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -66,7 +66,7 @@ def test_aop_nan_when_degenerate():
                          [[5.0, 5.0], [1.0, 2.0], [5.0, 5.0]],   # FH1 on PS1
                          [[1.0, 2.0], [3.0, 4.0], [3.0, 4.0]]],  # PS2 on FH1: defined, 0 deg
                         np.float32)
-  aop = geometry.aop_deg(degenerate).numpy()
+  aop = geometry.aop_deg(degenerate)
   assert np.isnan(aop[0]) and np.isnan(aop[1]) and aop[2] == pytest.approx(0.0)
   np.testing.assert_array_equal(geometry.is_degenerate(degenerate), [True, True, False])
 
@@ -81,7 +81,7 @@ size = st.integers(8, 1024)
 @given(x=coord, y=coord, w=size, h=size, rw=size, rh=size)
 def test_mapping_round_trip(x, y, w, h, rw, rh):
   cells = geometry.pixel_to_cell([x, y], (w, h), (rw, rh))
-  back = geometry.cell_to_pixel(cells, (rw, rh), (w, h)).numpy()
+  back = geometry.cell_to_pixel(cells, (rw, rh), (w, h))
   np.testing.assert_allclose(back, [x, y], atol=1e-4 * max(1.0, abs(x), abs(y)) * max(
       1.0, w / rw, h / rh))
 
@@ -105,10 +105,11 @@ def test_aop_invariant_under_similarity(points, angle, scale, shift):
 
 
 @FAST
-@given(points=st.lists(st.floats(-1e3, 1e3, width=32), min_size=6, max_size=6))
-def test_aop_in_range_or_nan_only_when_degenerate(points):
+@given(points=st.lists(st.floats(-1e3, 1e3, width=32), min_size=6, max_size=6),
+       as_tensor=st.booleans())
+def test_aop_in_range_or_nan_only_when_degenerate(points, as_tensor):
   landmarks = np.array(points, np.float32).reshape(3, 2)
-  aop = float(geometry.aop_deg(landmarks))
+  aop = float(geometry.aop_deg(tf.constant(landmarks) if as_tensor else landmarks))
   # Coincident to float32 precision: TF's CPU kernels flush subnormal differences to zero, so
   # points closer than the smallest normal float32 (1.2e-38) count as the same point.
   tiny = np.finfo(np.float32).tiny
@@ -118,6 +119,42 @@ def test_aop_in_range_or_nan_only_when_degenerate(points):
     assert math.isnan(aop)
   else:
     assert 0.0 <= aop <= 180.0
+
+
+
+# --- geometry: one formula, two backends -------------------------------------------------------
+
+# Multiples of 1/16 are exact in float32, so differences of points are 0 or >= 1/16 (no subnormal
+# values, which TF's kernels flush and numpy keeps).
+_grid = st.integers(-8000, 8000).map(lambda v: v / 16.0)
+
+
+@FAST
+@given(points=st.lists(_grid, min_size=24, max_size=24), collapse=st.integers(0, 3),
+       sizes=st.lists(st.integers(1, 4096), min_size=8, max_size=8))
+def test_numpy_and_tensorflow_give_the_same_results(points, collapse, sizes):
+  landmarks = np.array(points, np.float32).reshape(4, 3, 2)
+  landmarks[collapse, collapse % 3] = landmarks[collapse, 0]  # some PS1 coincides with PS2/FH1
+  size = np.array(sizes, np.float32).reshape(4, 2)
+  pairs = [(geometry.aop_deg, (landmarks,)), (geometry.is_degenerate, (landmarks,)),
+           (geometry.angle_deg, (landmarks[:, 1], landmarks[:, 0], landmarks[:, 2])),
+           (geometry.rescale_points, (landmarks, size[:, None], (64, 48))),
+           (geometry.to_512_scale, (size,))]
+  for fn, args in pairs:
+    got = fn(*args)
+    want = fn(*[tf.constant(a) if isinstance(a, np.ndarray) else a for a in args])
+    assert isinstance(got, np.ndarray) and tf.is_tensor(want), fn.__name__
+    assert got.dtype == want.dtype.as_numpy_dtype, fn.__name__
+    if got.dtype == bool:
+      np.testing.assert_array_equal(got, want.numpy(), err_msg=fn.__name__)
+    else:
+      np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-4, err_msg=fn.__name__)
+  semi = config.SemiSpec()
+  confidence = np.linspace(0.0, 1.0, 12, dtype=np.float32).reshape(4, 3)
+  by_numpy = pseudo.verdicts(landmarks, confidence, size, semi)
+  by_tf = pseudo.verdicts(tf.constant(landmarks), confidence, size, semi)
+  for name, verdict in by_numpy.items():
+    np.testing.assert_array_equal(verdict, by_tf[name].numpy(), err_msg=name)
 
 
 # --- heatmaps: encoding ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from aop_tf import config
 from aop_tf import heatmap
 from aop_tf import losses
 
@@ -59,7 +60,7 @@ def test_masked_segmentation_loss_ignores_unlabelled_examples():
   assert float(per_example) == pytest.approx(math.log(3.0) / 2, rel=1e-5)
 
 
-@pytest.mark.parametrize("name", losses.HEATMAP_LOSSES)
+@pytest.mark.parametrize("name", config.HEATMAP_LOSSES)
 def test_landmarks_in_cells_are_rendered_by_the_codec_inside_the_loss(name):
   """The pipeline hands the losses cells; rendering them in the loss is the host's old targets."""
   import keras  # pylint: disable=import-outside-toplevel

@@ -10,12 +10,13 @@ import pytest
 import tensorflow as tf
 
 from aop_tf import LANDMARK_NAMES
+from aop_tf import codec
 from aop_tf import export
 from aop_tf import predict
 from aop_tf.io import frames
 from aop_tf.io import inputs
 from aop_tf import predictor
-from aop_tf import serving
+from aop_tf import predictor_tf
 from aop_tf.model import build_unet
 import helpers
 
@@ -57,7 +58,7 @@ def setup(tmp_path_factory):
   (images_dir / "notes.txt").write_text("not an image")
   return {"root": root, "export_dir": export_dir, "images_dir": str(images_dir), "good": good,
           "bad": [str(images_dir / "broken.png"), str(images_dir / "empty.png")],
-          "reference": predictor.KerasPredictor(model, SPEC.heatmap_codec())}
+          "reference": predictor_tf.KerasPredictor(model, SPEC.heatmap_codec())}
 
 
 def test_find_inputs(setup):
@@ -104,7 +105,7 @@ def test_tflite_interpreters_side_by_side_agree(setup):
   images = [setup["good"][p] for p in sorted(setup["good"])]  # mixed sizes and channels
   one = predictor.TFLitePredictor(path).predict(images)
   three = predictor.TFLitePredictor(path, num_threads=1, num_interpreters=3).predict(images)
-  for key in serving.OUTPUT_KEYS:
+  for key in codec.OUTPUT_KEYS:
     np.testing.assert_allclose(three[key], one[key], rtol=1e-5, atol=1e-5)
   model = predictor.load(path, num_interpreters=2)
   assert model.predict(images[:1])["landmarks"].shape == (1, 3, 2)
@@ -113,11 +114,11 @@ def test_tflite_interpreters_side_by_side_agree(setup):
 
 def test_savedmodel_bfloat16_is_close_and_stays_with_its_model(setup):
   images = [setup["good"][p] for p in sorted(setup["good"])]
-  want = predictor.SavedModelPredictor(setup["export_dir"]).predict(images)
+  want = predictor_tf.SavedModelPredictor(setup["export_dir"]).predict(images)
   fast = predictor.load(setup["export_dir"], bfloat16=True).predict(images)
   np.testing.assert_allclose(fast["heatmaps"], want["heatmaps"], atol=0.1)
   assert np.all(np.isfinite(fast["landmarks"]))
-  again = predictor.SavedModelPredictor(setup["export_dir"]).predict(images)  # float32 again
+  again = predictor_tf.SavedModelPredictor(setup["export_dir"]).predict(images)  # float32 again
   np.testing.assert_array_equal(again["heatmaps"], want["heatmaps"])
 
 

@@ -13,6 +13,7 @@ from aop_tf import codec as codec_lib
 from aop_tf import evaluate
 from aop_tf import heatmap
 from aop_tf import predictor
+from aop_tf import predictor_tf
 
 CODEC = codec_lib.HeatmapCodec(input_size=32, heatmap_size=8, sigma_cells=1.0,
                                decode_method="argmax")
@@ -47,7 +48,7 @@ class _Recorder(predictor.Predictor):
 
 
 def test_keras_predictor_answers_in_each_images_own_pixels():
-  model = predictor.KerasPredictor(_fixed_model(), CODEC)
+  model = predictor_tf.KerasPredictor(_fixed_model(), CODEC)
   images = [np.zeros((60, 100, 1), np.uint8), np.zeros((60, 100, 3), np.uint8),
             np.zeros((32, 32), np.uint8), np.zeros((200, 80, 4), np.uint8)]
   out = model.predict(images)
@@ -85,8 +86,8 @@ def test_images_are_checked_before_the_model_runs(bad, match):
 
 
 def test_redecoding_uses_the_other_codec():
-  inner = predictor.KerasPredictor(_fixed_model(), CODEC)
-  dark = predictor.RedecodingPredictor(inner, codec_lib.HeatmapCodec(
+  inner = predictor_tf.KerasPredictor(_fixed_model(), CODEC)
+  dark = predictor_tf.RedecodingPredictor(inner, codec_lib.HeatmapCodec(
       input_size=32, heatmap_size=8, sigma_cells=1.0, decode_method="dark", heatmap_scale=2.0))
   out = dark.predict([np.zeros((60, 100, 1), np.uint8)])
   np.testing.assert_allclose(out["landmarks"][0], _expected_px(100, 60), atol=1e-3)

@@ -154,8 +154,8 @@ def test_missing_empty_truncated_and_non_image_files(tmp_path):
   _write(tmp_path / "text.png", b"Filename,PS1\nthis is not an image\n")
   _write(tmp_path / "bomb.png", _png_header_only(60000, 60000))
   (tmp_path / "folder.png").mkdir()
-  # A corrupt scan that OpenCV decodes anyway (filling in the damage); TensorFlow, which predict
-  # uses, refuses it, and so does data preparation.
+  # A corrupt scan that OpenCV decodes anyway (filling in the damage): a stray marker inside its
+  # scan data, which the structure check refuses (as TensorFlow's strict decoder does).
   corrupt = bytearray(jpeg)
   corrupt[-60] = 0xFF
   _write(tmp_path / "corrupt.jpg", bytes(corrupt))
@@ -176,6 +176,47 @@ def test_missing_empty_truncated_and_non_image_files(tmp_path):
   assert "declares 60000x60000 pixels" in str(items[5])
   assert "looks like jpeg but is corrupt or truncated" in str(items[7])
 
+
+# A 1x1 GIF (OpenCV writes none): header, colour table, graphic control, image, trailer.
+GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00"
+       b"\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+
+def _whole_files():
+  """Valid files of each strictly checked format, in the variants that stress the checks."""
+  gray, rgb = _gray(37, 53), cv2.cvtColor(_gray(37, 53), cv2.COLOR_GRAY2BGR)
+  rgb[::3] = 255 - rgb[::3]
+  files = {"png gray": _png(gray), "png 16-bit": _png(gray.astype(np.uint16) * 257),
+           "png rgb": _png(rgb), "jpeg": cv2.imencode(".jpg", gray)[1].tobytes(),
+           "jpeg progressive": cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1],
+           "jpeg restarts": cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_RST_INTERVAL, 1])[1],
+           "bmp gray": cv2.imencode(".bmp", gray)[1], "bmp rgb": cv2.imencode(".bmp", rgb)[1],
+           "gif": GIF}
+  return {name: bytes(data) for name, data in files.items()}
+
+
+def test_whole_files_pass_the_structure_check_and_every_truncation_fails():
+  """Checked without decoding (an OpenCV build may fill in what is missing), for every cut."""
+  check = images._check_strict  # pylint: disable=protected-access
+  for name, data in _whole_files().items():
+    kind = images.sniff_format(data)
+    check(data, kind, name)
+    if kind != "bmp":  # whose header declares its size: a BMP with more bytes is refused
+      check(data + b"\x00" * 7, kind, name)  # bytes after the end are harmless, as to decoders
+    for cut in range(1, len(data), max(1, len(data) // 400)):
+      with pytest.raises(images.ImageError, match=f"{kind} but is corrupt or truncated"):
+        check(data[:cut], kind, f"{name}[:{cut}]")
+
+
+def test_damage_inside_png_and_jpeg_data_is_refused_saying_what():
+  png, jpeg = _png(_gray()), cv2.imencode(".jpg", _gray())[1].tobytes()
+  idat = png.index(b"IDAT") + 10
+  flipped = png[:idat] + bytes([png[idat] ^ 0x10]) + png[idat + 1:]
+  marker = jpeg[:-60] + b"\xff\x2c" + jpeg[-58:]  # a reserved marker inside the scan
+  for data, kind, what in ((flipped, "png", "CRC error in the IDAT chunk"),
+                           (marker, "jpeg", "unexpected marker 0x2c")):
+    with pytest.raises(images.ImageError, match=what):
+      images._check_strict(data, kind, "damaged")  # pylint: disable=protected-access
 
 def test_encoded_size_reads_headers_without_decoding():
   gray = _gray(23, 31)

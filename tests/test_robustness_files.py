@@ -20,6 +20,7 @@ from aop_tf import export
 from aop_tf import model_dir as model_dir_lib
 from aop_tf import predict
 from aop_tf import predictor
+from aop_tf import predictor_tf
 from aop_tf import serving
 from aop_tf import train
 from aop_tf.io import files
@@ -265,7 +266,7 @@ def test_our_exports_use_only_allowed_ops(tmp_path):
     serving.serving_archive(model, spec.heatmap_codec()).write_out(folder, verbose=False)
     loaded = tf.saved_model.load(folder)
     for name in serving.SIGNATURES:
-      assert not predictor.graph_ops(loaded.signatures[name]) - predictor.ALLOWED_OPS, name
+      assert not predictor_tf.graph_ops(loaded.signatures[name]) - predictor_tf.ALLOWED_OPS, name
 
 
 def test_export_names_stay_inside_the_root_and_dead_scratch_is_cleaned(tmp_path, entry_points):

@@ -193,7 +193,7 @@ def test_batches_mixing_degenerate_examples_are_elementwise(examples):
     fh1 = ps1 if collapse in ("fh1", "all") else fh1
     batch.append([ps1, ps2, fh1])
   batch = np.array(batch, np.float32)
-  together = geometry.aop_deg(batch).numpy()
+  together = geometry.aop_deg(batch)
   alone = np.array([float(geometry.aop_deg(example)) for example in batch], np.float32)
   np.testing.assert_array_equal(np.isnan(together), np.isnan(alone))
   np.testing.assert_allclose(together[~np.isnan(alone)], alone[~np.isnan(alone)], atol=1e-4)

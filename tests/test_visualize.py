@@ -12,7 +12,7 @@ GT = np.array([[150.0, 40.0], [60.0, 50.0], [170.0, 160.0]], np.float32)
 
 
 def _mapped(points, from_size, to_size):
-  return np.round(geometry.rescale_points(points, from_size, to_size).numpy()).astype(int)
+  return np.round(geometry.rescale_points(points, from_size, to_size)).astype(int)
 
 
 def test_overlay_upscales_and_draws_points_in_their_colours():

@@ -1,4 +1,5 @@
-"""aop_tf.zoo: shipped models by name, in predict and evaluate; paths always win over names."""
+"""aop_tf.zoo: shipped models by name, in predict and evaluate; paths always win over names;
+aop_tf.ship builds them."""
 
 import os
 import shutil
@@ -9,6 +10,7 @@ import pytest
 from aop_tf import export
 from aop_tf import predictor as predictor_lib
 from aop_tf import results
+from aop_tf import ship
 from aop_tf import zoo
 import helpers
 
@@ -85,7 +87,7 @@ def test_build_installs_a_measured_ensemble_with_its_card(phantom_dir, tmp_path,
   for seed in (1, 2):
     members.append(str(tmp_path / f"member{seed}"))
     helpers.write_model_dir(members[-1], helpers.tiny_spec(loss="softmax_ce", seed=seed), seed=seed)
-  card = zoo.build("twin", members, phantom_dir, root=str(tmp_path / "models"),
+  card = ship.build("twin", members, phantom_dir, root=str(tmp_path / "models"),
                    command="python -m aop_tf.zoo --name=twin")
   installed = tmp_path / "models" / "twin"
   assert sorted(os.listdir(installed)) == ["export_info.json", "model.tflite", zoo.CARD_FILE]
@@ -111,6 +113,13 @@ def test_build_installs_a_measured_ensemble_with_its_card(phantom_dir, tmp_path,
   if np.mean(errors ** 2) > np.mean(spreads ** 2):
     assert np.mean(spreads ** 2 + floor ** 2) == pytest.approx(np.mean(errors ** 2), rel=1e-4)
 
+
+
+def test_python_m_zoo_runs_the_builder(entry_points):
+  """`python -m aop_tf.zoo` (the README's command) is `aop_tf.ship`; the registry imports none
+  of it."""
+  code, _, stderr = entry_points.run("aop_tf.zoo", ["--members=runs/only_one"])
+  assert code == 2 and "--members needs two or more training directories" in stderr, stderr
 
 def test_the_shipped_psfhs_model_measures_the_bundled_examples():
   import csv  # pylint: disable=import-outside-toplevel

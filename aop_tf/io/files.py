@@ -6,6 +6,7 @@ memory runs out, and a folder or a socket has no bytes to read: every reader of 
 is not a regular file (after following links) and reads at most `max_bytes`.
 """
 
+import json
 import os
 import stat
 import tempfile
@@ -104,3 +105,17 @@ def atomic_write(path, write_fn):
       os.remove(tmp)
     raise
   fsync_path(folder)  # ... and the rename itself survives a power cut.
+
+
+def write_json(path, obj):
+  """Writes `obj` as indented JSON with sorted keys, atomically (`atomic_write`)."""
+  def write(tmp):
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+      f.write("\n")
+  atomic_write(path, write)
+
+
+def read_json(path):
+  """The JSON at `path` (a regular file of at most `MAX_TEXT_BYTES`)."""
+  return json.loads(read_bounded(path, MAX_TEXT_BYTES, "JSON file"))

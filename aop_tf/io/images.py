@@ -7,14 +7,18 @@ is not applied), which is the frame the annotations refer to.
 
 Untrusted files: the size a file declares in its header is checked against `MAX_PIXELS` before
 anything is decoded (`encoded_size`), so a small file that claims to be 60000x60000 pixels (a
-"decompression bomb") is refused instead of exhausting memory. OpenCV's decoders are lenient (a
-truncated JPEG or BMP comes back with its missing part filled in), so PNG, JPEG, BMP and GIF files
-must also pass TensorFlow's strict decoder, the one `aop_tf.predict` and the serving signature
-use: a file is refused in data preparation exactly when it would be refused at prediction.
-OpenCV's own log lines are silenced; each refusal is reported once, naming the file.
+"decompression bomb") is refused instead of exhausting memory. OpenCV's decoders can be lenient (a
+truncated JPEG or BMP may come back with its missing part filled in), so PNG, JPEG, BMP and GIF
+files must also be whole: their structure is walked to its end without decoding (`_check_strict`:
+PNG chunks with their CRCs and the image data inflated in full, JPEG markers and scans to the
+end-of-image marker, GIF blocks to the trailer, BMP pixel rows or RLE codes to the end), as
+strict as TensorFlow's decoders for damage OpenCV hides, with no TensorFlow. Data preparation and
+`aop_tf.predict` read files here, so a file is refused by one exactly when by the other. OpenCV's
+own log lines are silenced; each refusal is reported once, naming the file.
 """
 
 import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -227,39 +231,189 @@ def decode_gray(data, where="image"):
   return to_gray_uint8(image, where)
 
 
-def _bmp_pixels_missing(data):
-  """For an uncompressed BMP: whether the file ends before its pixel rows do (what OpenCV fills in
-  silently); None for a compressed one. Checked from the header instead of decoding the image a
-  second time (TensorFlow has no one-channel BMP decoder: 300 MB for a 100 MP RGB file)."""
-  if len(data) < 34:
-    return True
-  offset, = struct.unpack_from("<I", data, 10)
-  width, height = struct.unpack_from("<ii", data, 18)
-  bits, compression = struct.unpack_from("<HI", data, 28)
-  if compression != 0:
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: gray, RGB, palette, GA, RGBA
+# Adam7 interlacing: each pass's first column and row, and its steps.
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+_INFLATE_CHUNK = 1 << 20  # PNG image data is inflated (and counted) this many bytes at a time
+
+
+def _png_raw_bytes(ihdr):
+  """Bytes of filtered rows the IHDR chunk declares (every interlace pass), or None if invalid."""
+  width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", ihdr)
+  bits = depth * _PNG_CHANNELS.get(color, 0)
+  if not bits or not width or not height:
     return None
-  stride = (bits * abs(width) + 31) // 32 * 4
-  return len(data) < offset + stride * abs(height)
+  total = 0
+  for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
+    columns, rows = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+    if columns > 0 and rows > 0:
+      total += rows * (1 + (columns * bits + 7) // 8)
+  return total
+
+
+def _png_problem(data):
+  """What is wrong with a PNG, or None: chunks (critical ones with their CRC) through IEND, and
+  image data that inflates to at least the rows IHDR declares (counted, not kept)."""
+  pos, inflate, expected, inflated = 8, zlib.decompressobj(), None, 0
+  while pos + 12 <= len(data):
+    length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+    end = pos + 12 + length
+    name = kind.decode("latin-1")
+    if end > len(data):
+      return f"the {name} chunk is cut short"
+    body = data[pos + 8:end - 4]
+    if not kind[0] & 0x20 and zlib.crc32(kind + body) != struct.unpack(">I", data[end - 4:end])[0]:
+      return f"CRC error in the {name} chunk"  # (ancillary chunks' CRCs are not checked)
+    if (pos == 8) != (kind == b"IHDR") or (kind == b"IHDR" and length != 13):
+      return "IHDR is not the one first chunk of 13 bytes"
+    if kind == b"IHDR":
+      expected = _png_raw_bytes(body)
+    elif kind == b"IDAT":
+      try:
+        inflated += len(inflate.decompress(body, _INFLATE_CHUNK))
+        while inflate.unconsumed_tail:
+          inflated += len(inflate.decompress(inflate.unconsumed_tail, _INFLATE_CHUNK))
+      except zlib.error as e:
+        return f"corrupt image data: {e}"
+    elif kind == b"IEND":
+      if expected is None or inflated < expected:
+        return f"the image data ends early ({inflated} of {expected} bytes)"
+      return None
+    pos = end
+  return "no IEND chunk: truncated"
+
+
+def _jpeg_scan_end(data, i, restarts):
+  """Index of the marker that ends the entropy-coded data starting at `i`, or a str saying what
+  is wrong. Inside, 0xFF is followed by 0x00 (stuffing) or, with `restarts`, RST0..7 in turn."""
+  expected_rst = 0
+  while True:
+    j = data.find(b"\xff", i)
+    while 0 <= j < len(data) - 1 and data[j + 1] == 0xFF:  # fill bytes before a marker
+      j += 1
+    if j < 0 or j + 1 >= len(data):
+      return "no end-of-image marker: truncated"
+    marker = data[j + 1]
+    if marker == 0x00:
+      i = j + 2
+    elif 0xD0 <= marker <= 0xD7:
+      if not restarts or marker - 0xD0 != expected_rst:
+        return f"unexpected restart marker 0x{marker:02x} at byte {j}"
+      expected_rst, i = (expected_rst + 1) % 8, j + 2
+    else:
+      return j
+
+
+def _jpeg_problem(data):
+  """What is wrong with a JPEG, or None: its segments and scans walked, marker by marker, to the
+  end-of-image marker (trailing bytes after it are allowed, as decoders ignore them)."""
+  i, restarts, scans = 2, False, 0
+  while True:
+    if i >= len(data) or data[i] != 0xFF:
+      return ("no end-of-image marker: truncated" if i >= len(data) else
+              f"no marker where one should be at byte {i}")
+    while i < len(data) and data[i] == 0xFF:
+      i += 1
+    if i >= len(data):
+      return "no end-of-image marker: truncated"
+    marker, i = data[i], i + 1
+    if marker == 0xD9:  # EOI
+      return None if scans else "no image data before the end-of-image marker"
+    if marker < 0xC0 or 0xD0 <= marker <= 0xD8:
+      return f"unexpected marker 0x{marker:02x} at byte {i - 1}"
+    if i + 2 > len(data) or i + struct.unpack(">H", data[i:i + 2])[0] > len(data):
+      return "a segment is cut short"
+    length = struct.unpack(">H", data[i:i + 2])[0]
+    if marker == 0xDD and length >= 4:  # DRI: restart markers follow every N MCUs if N > 0
+      restarts = struct.unpack(">H", data[i + 2:i + 4])[0] > 0
+    i += length
+    if marker == 0xDA:  # SOS: the entropy-coded data follows
+      scans += 1
+      i = _jpeg_scan_end(data, i, restarts)
+      if isinstance(i, str):
+        return i
+
+
+def _gif_problem(data):
+  """What is wrong with a GIF, or None: its blocks and their sub-blocks walked to the trailer."""
+  def skip_table(pos, flags):
+    return pos + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+
+  if len(data) < 13:
+    return "the header is cut short"
+  pos = skip_table(13, data[10])
+  while pos < len(data):
+    block = data[pos]
+    if block == 0x3B:  # trailer
+      return None
+    if block == 0x21:  # extension: label, then sub-blocks
+      pos += 2
+    elif block == 0x2C:  # image: descriptor, local colour table, LZW code size, sub-blocks
+      if pos + 10 > len(data):
+        return "an image descriptor is cut short"
+      pos = skip_table(pos + 10, data[pos + 9]) + 1
+    else:
+      return f"unknown block 0x{block:02x} at byte {pos}"
+    while pos < len(data) and data[pos]:
+      pos += 1 + data[pos]
+    pos += 1
+  return "no trailer: truncated"
+
+
+def _bmp_rle_complete(data, offset, bits):
+  """Whether RLE8/RLE4 pixel codes from `offset` reach their end-of-bitmap code intact."""
+  pos = offset
+  while pos + 2 <= len(data):
+    count, value = data[pos], data[pos + 1]
+    pos += 2
+    if count:  # a run
+      continue
+    if value == 1:  # end of bitmap
+      return True
+    if value == 2:  # delta: two bytes follow
+      pos += 2
+    elif value > 2:  # absolute: `value` pixels, padded to 16 bits
+      size = value if bits == 8 else (value + 1) // 2
+      pos += size + size % 2
+  return False
+
+
+def _bmp_problem(data):
+  """What is wrong with a BMP, or None: the file size its header declares (where it does), and
+  uncompressed pixel rows all there or RLE codes through their end-of-bitmap code (other
+  compressions are left to OpenCV)."""
+  if len(data) < 34:
+    return "the header is cut short"
+  declared, offset = struct.unpack_from("<I", data, 2)[0], struct.unpack_from("<I", data, 10)[0]
+  if declared and declared != len(data):  # bytes inserted or lost
+    return f"the file has {len(data)} bytes, its header says {declared}"
+  if struct.unpack_from("<I", data, 14)[0] == 12:  # BITMAPCOREHEADER: uncompressed
+    width, height, _, bits = struct.unpack_from("<HHHH", data, 18)
+    compression = 0
+  else:
+    width, height = struct.unpack_from("<ii", data, 18)
+    bits, compression = struct.unpack_from("<HI", data, 28)
+  if compression in (0, 3):  # rows, plain or with bit fields
+    stride = (bits * abs(width) + 31) // 32 * 4
+    if len(data) < offset + stride * abs(height):
+      return "the file ends before its pixel rows do"
+  elif compression in (1, 2) and not _bmp_rle_complete(data, offset, 8 if compression == 1 else 4):
+    return "the RLE pixel codes end early"
+  return None
+
+
+_STRUCTURE_PROBLEMS = {"png": _png_problem, "jpeg": _jpeg_problem, "gif": _gif_problem,
+                       "bmp": _bmp_problem}
 
 
 def _check_strict(data, kind, where):
-  """Raises ImageError when TensorFlow's decoder (strict, used at prediction) refuses `data`."""
-  if kind not in ("png", "jpeg", "bmp", "gif"):
-    return  # TIFF: OpenCV only
-  if kind == "bmp" and is_large(data):
-    missing = _bmp_pixels_missing(data)
-    if missing:
-      raise ImageError(f"{where}: cannot decode image: looks like bmp but is truncated (the file "
-                       "ends before its pixel rows); re-export it as PNG")
-    if missing is not None:
-      return
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  try:  # PNG: one channel, converted in the decoder (a quarter of the memory of RGBA)
-    tf.io.decode_image(data, channels=1 if kind == "png" else 0, expand_animations=False)
-  except tf.errors.OpError as e:
-    detail = (e.message or type(e).__name__).strip().splitlines()[0]
+  """Raises ImageError when a PNG, JPEG, GIF or BMP file is corrupt or truncated in a way OpenCV
+  may hide by filling in pixels (checked from the file's structure; TIFF is left to OpenCV)."""
+  problem = _STRUCTURE_PROBLEMS[kind](data) if kind in _STRUCTURE_PROBLEMS else None
+  if problem:
     raise ImageError(f"{where}: cannot decode image: looks like {kind} but is corrupt or "
-                     f"truncated ({detail[:160]}); re-export it as PNG") from None
+                     f"truncated ({problem}); re-export it as PNG")
 
 
 def read_gray(path):

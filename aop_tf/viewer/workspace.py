@@ -122,7 +122,7 @@ def to_stored_pixels(frames_list, out):
   for i, frame in enumerate(frames_list):
     shown = (frame.image.shape[1], frame.image.shape[0])
     if shown != tuple(frame.size_px):
-      landmarks[i] = geometry.rescale_points(landmarks[i], shown, frame.size_px).numpy()
+      landmarks[i] = np.asarray(geometry.rescale_points(landmarks[i], shown, frame.size_px))
       aop[i] = float(geometry.aop_deg(landmarks[i]))
   return landmarks, aop
 
