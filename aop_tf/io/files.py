@@ -76,9 +76,10 @@ def fsync_path(path):
     os.close(fd)
 
 
-def atomic_write(path, write_fn):
-  """Calls `write_fn(tmp)` on a temporary file beside `path`, then renames it over `path` (after
-  an fsync), so readers see the old file or the new one, never a part.
+def atomic_write(path, write_fn, prefix=TEMP_PREFIX):
+  """Calls `write_fn(tmp)` on a temporary file beside `path` (its name starts with `prefix`), then
+  renames it over `path` (after an fsync), so readers see the old file or the new one, never a
+  part.
 
   Raises:
     OSError naming `path`, saying whether the previous version is intact.
@@ -87,7 +88,7 @@ def atomic_write(path, write_fn):
   os.makedirs(folder, exist_ok=True)
   suffix = os.path.splitext(path)[1]
   try:
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
   except OSError as e:
     raise OSError(e.errno, f"{path}: cannot write in {folder} ({e.strerror})") from None
   os.close(fd)

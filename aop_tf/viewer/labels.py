@@ -27,7 +27,6 @@ import io
 import math
 import os
 import re
-import tempfile
 import threading
 
 import cv2
@@ -148,31 +147,14 @@ def read_labels(csv_path):
   return list(found.values())
 
 
-def _fsync(path):
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
 def atomic_write(path, data):
-  """Writes bytes to `path` through a temporary file beside it, fsync and `os.replace`."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
+  """Writes bytes to `path` atomically (`files.atomic_write`); the temporary file is named
+  `.<name>.tmp-*`, so a restart finds and removes what a killed save left."""
+  def write(tmp):
+    with open(tmp, "wb") as f:
       f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  _fsync(folder)  # the rename itself survives a power cut
+
+  files.atomic_write(path, write, prefix=f".{os.path.basename(path)}.tmp-")
 
 
 def _inside(path, folder):
