@@ -20,7 +20,6 @@ Library use: `RunSpec().replace(input_size=64, heatmap_size=16, data_dir="d", mo
 """
 
 import dataclasses
-import inspect
 import json
 import math
 
@@ -28,6 +27,7 @@ from absl import flags
 
 from aop_tf import codec as codec_lib
 from aop_tf import pseudo as pseudo_lib
+from aop_tf.knobs import ConfigError, field_docs  # noqa: F401  (re-exported)
 
 FORMAT = 2  # config.json layout: {"format": 2, "<section>": {field: value}}
 # The run spec's file in a training directory (`model_dir.write_spec` / `read_spec`).
@@ -44,10 +44,6 @@ OPTIMIZERS = ("adam", "adamw")  # optim.make_optimizer
 LR_SCHEDULES = ("step", "cosine", "constant")  # optim
 STRATEGIES = ("none", "mirrored", "multi_worker")  # distribute.make_strategy
 LR_SCALINGS = ("linear", "sqrt", "none")  # distribute.scaled_spec
-
-
-class ConfigError(ValueError):
-  """A bad knob value, or a config.json that cannot be read; the message names the flag or field."""
 
 
 def knob(default, *, choices=None, check=None, resumable=False):
@@ -497,22 +493,6 @@ def _flag_table():
 
 # ------------------------------------------------------------------------------------------------
 # Flags.
-
-
-def field_docs(cls):
-  """{field name: its line (joined) in the `Attributes:` section of `cls`'s docstring}."""
-  docs, name, inside = {}, None, False
-  for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
-    if line.strip() in ("Attributes:", "Args:"):
-      inside = True
-    elif inside and line.startswith("  ") and not line.startswith("    ") and ": " in line:
-      name, text = line.strip().split(": ", 1)
-      docs[name] = text
-    elif inside and name and line.startswith("    "):
-      docs[name] += " " + line.strip()
-    elif inside and line.strip():
-      inside = False
-  return docs
 
 
 def define_flags(flag_values=flags.FLAGS):

@@ -6,8 +6,8 @@ it, its help the field's line under `Attributes:` in the class docstring. Values
 construction and a bad one raises `ConfigError` naming the flag (`--workers=0 must be > 0`).
 
 This mirrors `aop_tf.config.RunSpec` (the run spec of training) on a small scale: that module is
-in the library layer and pulls in the model and losses, which data prep may not import
-(ARCHITECTURE.md, layers), so the few lines of knob machinery are kept here.
+in the library layer, which data prep may not import (ARCHITECTURE.md, layers); what both specs
+share (`ConfigError`, the knobs' help text) lives in `aop_tf.knobs`.
 
 Library use: `BuildSpec(source="images", data_dir="scans", frames="every:5")`, or
 `make("phantom", phantom_counts={"train": 8}, out_dir=tmp)` with the keyword forms of
@@ -15,21 +15,17 @@ Library use: `BuildSpec(source="images", data_dir="scans", frames="every:5")`, o
 """
 
 import dataclasses
-import inspect
 import typing
 from typing import Optional
 
 from absl import flags
 
 from aop_tf.io import frames as frames_lib
+from aop_tf.knobs import ConfigError, field_docs  # noqa: F401  (re-exported)
 from aop_tf.io.records import SPLITS
 
 SOURCES = ("csv", "masks", "phantom", "images")
 PHANTOM_SPLITS = ("train", "val", "test")
-
-
-class ConfigError(ValueError):
-  """A bad knob value; the message names the flag."""
 
 
 def knob(default, *, choices=None, check=None, parse=None):
@@ -265,22 +261,6 @@ _DEFAULT = BuildSpec()
 
 # ------------------------------------------------------------------------------------------------
 # Flags.
-
-
-def field_docs(cls):
-  """{field name: its line (joined) under `Attributes:` in `cls`'s docstring}."""
-  docs, name, inside = {}, None, False
-  for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
-    if line.strip() == "Attributes:":
-      inside = True
-    elif inside and line.startswith("  ") and not line.startswith("    ") and ": " in line:
-      name, text = line.strip().split(": ", 1)
-      docs[name] = text
-    elif inside and name and line.startswith("    "):
-      docs[name] += " " + line.strip()
-    elif inside and line.strip():
-      inside = False
-  return docs
 
 
 def define_flags(flag_values=flags.FLAGS):

@@ -3,7 +3,7 @@
 Every import of our packages, at the top of a module or inside a function (read with `ast`), is
 checked against the layers of ARCHITECTURE.md:
 
-  math      aop_tf (constants), geometry, heatmap, tangent, codec    (may use: math)
+  math      aop_tf (constants), knobs, geometry, heatmap, tangent, codec (may use: math)
   io        aop_tf.io.*: files, images, frames, clips, DICOM, labels (may use: math)
   library   config, data, model, predictor, zoo, viewer modules, ... (may use: math, io, library)
   entry     train, evaluate, export, predict, ensemble, viewer        (may use all but entries)
@@ -29,7 +29,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OURS = ("aop_tf", "data_prep", "benchmarks")
-MATH = {"aop_tf", "aop_tf.geometry", "aop_tf.heatmap", "aop_tf.tangent", "aop_tf.codec"}
+MATH = {"aop_tf", "aop_tf.knobs", "aop_tf.geometry", "aop_tf.heatmap", "aop_tf.tangent", "aop_tf.codec"}
 ENTRY = {"aop_tf.train", "aop_tf.evaluate", "aop_tf.export", "aop_tf.predict", "aop_tf.ensemble",
          "aop_tf.viewer.__main__"}
 PIPELINE = {"aop_tf.ship"}
