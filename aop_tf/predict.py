@@ -47,6 +47,7 @@ from aop_tf import config as config_lib
 from aop_tf import geometry
 from aop_tf import predictor as predictor_lib
 from aop_tf import pseudo
+from aop_tf import quality
 from aop_tf import results
 from aop_tf import review
 from aop_tf import trace
@@ -181,9 +182,23 @@ def _batches(stream, batch_size):
     yield batch
 
 
-def _rows(batch, out, min_confidence, uncertainty_floor):
+def _quality(batch, out, quality_model):
+  """Per frame `(score, low, high, threshold)` of the card's quality model, or Nones."""
+  if quality_model is None or "heatmaps" not in out:
+    return [None] * len(batch)
+  feats = quality.features(out["heatmaps"], out["landmarks"], out["aop_deg"],
+                           out["confidence"], [f.image.shape[1::-1] for f in batch],
+                           out.get("aop_spread_deg"))
+  score = quality_model.score(feats)
+  low, high = quality_model.interval(out["aop_deg"], score)
+  threshold = float(quality_model.fitted["flag_score_deg"])
+  return [(s, lo, hi, threshold) for s, lo, hi in zip(score, low, high)]
+
+
+def _rows(batch, out, min_confidence, uncertainty_floor, quality_model=None):
   """Rows of one predicted batch; landmarks of reduced images go back to the stored pixels."""
   rows = []
+  fitted = _quality(batch, out, quality_model)
   for i, frame in enumerate(batch):
     shown = (frame.image.shape[1], frame.image.shape[0])
     landmarks, aop = out["landmarks"][i], float(out["aop_deg"][i])
@@ -192,13 +207,13 @@ def _rows(batch, out, min_confidence, uncertainty_floor):
       aop = float(geometry.aop_deg(landmarks))
     spread = float(out["aop_spread_deg"][i]) if "aop_spread_deg" in out else math.nan
     rows.append(results.prediction_row(frame, landmarks, aop, out["confidence"][i], spread,
-                                       min_confidence, uncertainty_floor))
+                                       min_confidence, uncertainty_floor, fitted[i]))
   return rows
 
 
 def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3, progress=True,
                   on_batch=None, max_pixels=image_files.MAX_PIXELS, uncertainty_floor=None,
-                  selection=frames_lib.ALL_FRAMES):
+                  selection=frames_lib.ALL_FRAMES, quality_fit=None):
   """Predicts every frame of every input; unreadable ones are skipped and reported, never abort
   the run.
 
@@ -216,20 +231,25 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
     uncertainty_floor: degrees; `aop_uncertainty_deg` = sqrt(spread^2 + floor^2) (the model
       card's `uncertainty.floor_deg`); None: the spread alone.
     selection: which frames of clips (`frames.parse_selection`).
+    quality_fit: the model card's fitted quality model (`zoo.quality_fit`), or None: rows then
+      get the expected AoP error and the 90 % interval, and the flag fires on that score.
 
   Returns:
     `(rows, failures)`: `results.prediction_row` dicts in input order, and `(path, reason)` of
     every input (or clip tail) that could not be read; a still image is a row or a failure.
   """
   rows, failures = [], []
+  model_quality = quality.QualityModel(quality_fit) if quality_fit else None
   bar = _Progress(len(paths), progress)
   stream = _prefetched(frame_stream(paths, selection, max_pixels, num_workers, failures, bar))
   with bar.bar:
     for batch in _batches(stream, max(1, int(batch_size))):
       ok, out = _predict_batch(model, batch, failures)
       if ok:
-        rows.extend(_rows(ok, out, min_confidence, uncertainty_floor))
+        new = _rows(ok, out, min_confidence, uncertainty_floor, model_quality)
+        rows.extend(new)
         if on_batch is not None:
+          out["aop_interval_deg"] = np.array([[r["aop_low_deg"], r["aop_high_deg"]] for r in new])
           on_batch(ok, out)
       bar.bar.update(len(batch))
   return rows, failures
@@ -327,15 +347,20 @@ def overlay_writer(overlay_dir, common_root=None, uncertainty_floor=None):
 
   def on_batch(batch, out):
     spread = out.get("aop_spread_deg", np.full(len(batch), np.nan))
+    interval = out.get("aop_interval_deg", np.full((len(batch), 2), np.nan))
     for i, frame in enumerate(batch):
       height, width = frame.image.shape[:2]
       # Upscale small images to 512 px, but keep the canvas of a thin strip (e.g. 1x10000) small.
       min_size = int(max(1, min(512, 4096 * min(height, width) / max(height, width))))
+      title, plus = os.path.basename(frame.name), results.aop_uncertainty_deg(
+          spread[i], uncertainty_floor)
+      if np.all(np.isfinite(interval[i])):  # the card's 90 % interval replaces the '+/-'
+        title += "  AoP " + quality.describe_interval(float(out["aop_deg"][i]), *interval[i])
+        plus = None
       try:
         rgb = visualize.overlay(
             frame.image, pred=out["landmarks"][i], aop_pred=float(out["aop_deg"][i]),
-            aop_pred_spread=results.aop_uncertainty_deg(spread[i], uncertainty_floor),
-            title=os.path.basename(frame.name), min_size=min_size)
+            aop_pred_spread=plus, title=title, min_size=min_size)
         visualize.save_png(os.path.join(overlay_dir, output_stem(frame.name, common_root) +
                                         ".png"), rgb)
       except (ValueError, OSError, MemoryError, cv2.error) as e:  # The prediction stands.
@@ -466,7 +491,8 @@ def main(argv):
   start = time.perf_counter()
   rows, failures = predict_files(model, paths, FLAGS.batch_size, FLAGS.num_workers,
                                  min_confidence, on_batch=on_batch, max_pixels=FLAGS.max_pixels,
-                                 uncertainty_floor=uncertainty_floor, selection=selection)
+                                 uncertainty_floor=uncertainty_floor, selection=selection,
+                                 quality_fit=zoo.quality_fit(FLAGS.model))
   seconds = time.perf_counter() - start
   if fmt == "pseudo":
     _write_pseudo(rows, paths, model)

@@ -5,7 +5,10 @@ A row is a dict; the same quantity has the same column everywhere:
   filename, source, frame, time_s, width, height      what was measured (`frames.Frame`)
   PS1_x, PS1_y, PS2_x, PS2_y, FH1_x, FH1_y            predicted points, (x, y) in the frame's pixels
   aop_deg, aop_spread_deg, aop_uncertainty_deg        predicted AoP; an ensemble's member spread;
-                                                      the '+/-' shown (`zoo.aop_uncertainty_deg`)
+                                                      the '+/-' (`aop_uncertainty_deg` below)
+  quality_score_deg, aop_low_deg, aop_high_deg        where the model card holds a fitted quality
+                                                      model (`aop_tf.quality`): the expected AoP
+                                                      error and the 90 % interval
   PS1_confidence, PS2_confidence, FH1_confidence      heatmap peaks
   ps_length_mm                                        symphysis length, where a pixel spacing is known
   low_confidence, flag_reason, degenerate             the flag and why it fired
@@ -30,7 +33,8 @@ POINT_COLUMNS = tuple(f"{n}_{a}" for n in LANDMARK_NAMES for a in ("x", "y"))
 CONFIDENCE_COLUMNS = tuple(f"{n}_confidence" for n in LANDMARK_NAMES)
 PREDICTION_COLUMNS = (("filename", "source", "frame", "time_s", "width", "height") +
                       POINT_COLUMNS +
-                      ("aop_deg", "aop_spread_deg", "aop_uncertainty_deg") +
+                      ("aop_deg", "aop_spread_deg", "aop_uncertainty_deg",
+                       "quality_score_deg", "aop_low_deg", "aop_high_deg") +
                       CONFIDENCE_COLUMNS +
                       ("ps_length_mm", "low_confidence", "flag_reason", "degenerate"))
 LABEL_COLUMNS = (tuple(f"gt_{c}" for c in POINT_COLUMNS) + ("aop_gt_deg",) +
@@ -74,7 +78,7 @@ def ps_length_mm(landmarks, spacing_mm):
 
 
 def prediction_row(frame, landmarks, aop, confidence, spread, min_confidence,
-                   uncertainty_floor=None):
+                   uncertainty_floor=None, quality=None):
   """The row of one predicted frame.
 
   Args:
@@ -85,6 +89,9 @@ def prediction_row(frame, landmarks, aop, confidence, spread, min_confidence,
     spread: an ensemble's member spread, degrees (NaN for one model).
     min_confidence: peaks under this flag the row.
     uncertainty_floor: degrees, the model card's (None: the spread alone).
+    quality: None, or `(score_deg, low_deg, high_deg, threshold_deg)` of the card's fitted quality
+      model (`aop_tf.quality`): the row gets them, and the flag fires on the score instead of the
+      peak (`min_confidence` then unused).
   """
   landmarks = np.asarray(landmarks, np.float64)
   confidence = np.asarray(confidence, np.float64)
@@ -99,8 +106,15 @@ def prediction_row(frame, landmarks, aop, confidence, spread, min_confidence,
   row["aop_uncertainty_deg"] = aop_uncertainty_deg(spread, uncertainty_floor)
   for k, name in enumerate(LANDMARK_NAMES):
     row[f"{name}_confidence"] = float(confidence[k])
+  score, low, high, threshold = quality or (math.nan, math.nan, math.nan, None)
+  row["quality_score_deg"], row["aop_low_deg"], row["aop_high_deg"] = (
+      float(score), float(low), float(high))
   row["ps_length_mm"] = ps_length_mm(landmarks, frame.pixel_spacing_mm)
-  reason = flag_reason(confidence, landmarks, float(aop), min_confidence)
+  if quality is None:
+    reason = flag_reason(confidence, landmarks, float(aop), min_confidence)
+  else:
+    reason = flag_reason(confidence, landmarks, float(aop), -math.inf) or (
+        f"expected AoP error {score:.1f} deg >= {threshold:.1f}" if score >= threshold else "")
   row["low_confidence"] = bool(reason)
   row["flag_reason"] = reason
   row["degenerate"] = not math.isfinite(float(aop))

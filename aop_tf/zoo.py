@@ -69,3 +69,10 @@ if __name__ == "__main__":
   # builds and measures shipped models; the registry above imports nothing of it.
   import runpy  # pylint: disable=g-import-not-at-top
   runpy.run_module("aop_tf.ship", run_name="__main__", alter_sys=True)
+
+
+def quality_fit(model):
+  """The fitted quality score and interval of the model's card (its `quality` section, written by
+  `benchmarks.quality`), or None where the card has none."""
+  fitted = card_of(model).get("quality")
+  return fitted if fitted and fitted.get("coef") else None

@@ -168,7 +168,8 @@ def test_cli_csv_json_and_overlays(setup, tmp_path, entry_points):
   assert len(rows) == len(setup["good"])
   assert list(rows[0]) == (["filename", "source", "frame", "time_s", "width", "height",
                             "PS1_x", "PS1_y", "PS2_x", "PS2_y", "FH1_x", "FH1_y",
-                            "aop_deg", "aop_spread_deg", "aop_uncertainty_deg", "PS1_confidence",
+                            "aop_deg", "aop_spread_deg", "aop_uncertainty_deg",
+                            "quality_score_deg", "aop_low_deg", "aop_high_deg", "PS1_confidence",
                             "PS2_confidence", "FH1_confidence", "ps_length_mm", "low_confidence",
                             "flag_reason", "degenerate"])
   assert "2 skipped" in stdout

@@ -63,3 +63,41 @@ def test_score_interval_and_flag_round_trip():
   assert model.flagged(score).tolist() == [False, True]
   assert quality.describe_interval(127.6, 119.2, 136.4) == "127.6 deg (90 %: 119-136)"
   assert quality.describe_interval(math.nan, 0, 0) == "undefined"
+
+
+def test_predict_rows_carry_the_score_interval_and_why_the_flag_fired(tmp_path):
+  """predict with a card's fitted quality model: every row gets the expected error, the 90 %
+  interval around its AoP, and a flag reason naming the score when it fires."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  from aop_tf import predict  # pylint: disable=import-outside-toplevel
+  sharp = _maps([[16, 8], [8, 10], [24, 24]], sigma=1.0)[0]
+  wide = _maps([[16, 8], [8, 10], [24, 24]], sigma=4.0)[0]
+
+  class Fake:
+    def predict(self, images):
+      n = len(images)
+      maps = np.stack([sharp if im.mean() < 100 else wide for im in images])
+      return {"landmarks": np.tile(np.array([[130, 70], [66, 82], [194, 194]], np.float32),
+                                   (n, 1, 1)),
+              "aop_deg": np.full(n, 120.0, np.float32), "confidence": np.full((n, 3), 0.9),
+              "heatmaps": maps.astype(np.float32)}
+
+  paths = []
+  for name, level in (("dark.png", 50), ("bright.png", 200)):
+    paths.append(str(tmp_path / name))
+    cv2.imwrite(paths[-1], np.full((256, 256), level, np.uint8))
+  fitted = {"features": ["spread_FH1_cells"], "mean": [2.0], "scale": [1.0], "coef": [0.5],
+            "intercept": 1.0, "interval_q": 1.5, "coverage": 0.9, "flag_score_deg": 5.0}
+  rows, failures = predict.predict_files(Fake(), paths, progress=False, quality_fit=fitted,
+                                         min_confidence=0.99)
+  assert not failures
+  dark, bright = rows
+  assert dark["quality_score_deg"] < bright["quality_score_deg"]
+  for row in rows:
+    half = 1.5 * (row["quality_score_deg"] + 1.0)
+    assert row["aop_low_deg"] == pytest.approx(120.0 - half)
+    assert row["aop_high_deg"] == pytest.approx(120.0 + half)
+  assert not dark["low_confidence"] and dark["flag_reason"] == ""  # peaks 0.9 < 0.99 ignored
+  assert bright["low_confidence"] and bright["flag_reason"].startswith("expected AoP error")
+  plain, _ = predict.predict_files(Fake(), paths, progress=False, min_confidence=0.99)
+  assert math.isnan(plain[0]["quality_score_deg"]) and plain[0]["flag_reason"].startswith("low")
