@@ -74,14 +74,6 @@ class _Progress:
     self.bar.refresh()
 
 
-def _selected_count(info, selection):
-  """How many frames of a source `selection` picks (-1 where the frame count is unknown)."""
-  if info.n_frames < 0:
-    return -1
-  last = info.n_frames - 1 if selection.last is None else min(selection.last, info.n_frames - 1)
-  return max(0, (last - selection.first) // selection.step + 1) if last >= selection.first else 0
-
-
 def _still(path, max_pixels):
   """A still image's only frame, or the FrameError (or other exception) that refused it."""
   try:
@@ -103,7 +95,7 @@ def _clip_frames(path, selection, max_pixels, failures, progress):
   done = 0
   try:
     with frames_lib.open_source(path, max_pixels) as source:
-      progress.grow(_selected_count(source.info, selection) - 1)
+      progress.grow(selection.count(source.info.n_frames) - 1)
       for frame in source.frames(selection):
         done += 1
         yield frame

@@ -125,6 +125,13 @@ class Selection:
       yield index
       index += self.step
 
+  def count(self, n_frames):
+    """How many frames of a source of `n_frames` frames `indices` yields (-1: unknown)."""
+    if n_frames < 0:
+      return -1
+    last = n_frames - 1 if self.last is None else min(self.last, n_frames - 1)
+    return max(0, (last - self.first) // self.step + 1) if last >= self.first else 0
+
   def wants(self, index):
     """Whether frame `index` is selected."""
     return (index >= self.first and (self.last is None or index <= self.last)
