@@ -128,6 +128,8 @@ class ModelSpec(_Section):
       masks).
     mixed_precision: Train in bfloat16 compute with float32 variables (cpu.cfg epochs 1.34x faster
       on an AVX512-BF16 CPU); evaluation and export run float32.
+    dropout: Spatial dropout rate after the bottleneck and each decoder block, training only (a
+      noisy student's model noise); 0 adds no layer.
   """
   input_size: int = knob(256, check="positive")
   input_channels: int = knob(1, choices=(1, 3))
@@ -138,8 +140,11 @@ class ModelSpec(_Section):
   norm: str = knob("batch", choices=NORMS)
   seg_classes: int = knob(0, check="non_negative")
   mixed_precision: bool = knob(False)
+  dropout: float = knob(0.0, check="unit")
 
   def check(self):
+    if self.dropout >= 1:
+      raise ConfigError(f"--dropout={self.dropout} must be below 1.")
     if self.input_size % 2 ** self.depth:
       raise ConfigError(f"--input_size={self.input_size} must be a multiple of 2**depth = "
                         f"{2 ** self.depth}.")
@@ -349,8 +354,8 @@ class DistillSpec(_Section):
   distributions).
 
   Attributes:
-    teacher: Model whose heatmaps teach: a shipped name (psfhs), a training directory, a SavedModel
-      folder or a .tflite file; empty: no distillation.
+    teacher: Model whose heatmaps teach: a shipped name (psfhs_ensemble), a training directory
+      (its last checkpoint), a SavedModel folder or a .tflite file; empty: no distillation.
     teacher_weight: Share of the teacher's heatmap in each target distribution (the label's
       Gaussian has the rest); 1: the teacher alone.
   """

@@ -35,7 +35,7 @@ HEATMAP_ACTIVATIONS = ("linear", "spatial_softmax")
 def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
                decode_to_full=False, norm="batch", seg_classes=0, heatmap_activation="linear",
                softmax_peak_scale=1.0, mixed_precision=False, sync_batch_norm=False,
-               name="aop_unet"):
+               dropout=0.0, name="aop_unet"):
   """Builds the U-Net.
 
   Args:
@@ -59,6 +59,8 @@ def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatm
       `float32_copy` turns such a model into a float32 one for evaluation and export.
     sync_batch_norm: batch norm computes its training statistics over all replicas of a
       `tf.distribute` strategy (the global batch), as one device would; no effect outside one.
+    dropout: spatial dropout rate after the bottleneck and each decoder block (active in training
+      only; no weights, so checkpoints load either way); 0 adds no layer.
     name: model name.
 
   Returns:
@@ -84,12 +86,19 @@ def build_unet(input_size=256, input_channels=1, base_filters=16, depth=4, heatm
     skips.append(x)
     x = layers.MaxPooling2D(2, name=f"pool{i + 1}", dtype=body)(x)
   x = _conv_block(x, base_filters * 2 ** depth, norm, "bottleneck", body, sync_batch_norm)
+
+  def noise(features, block):
+    if not dropout:
+      return features
+    return layers.SpatialDropout2D(dropout, name=f"{block}_dropout", dtype=body)(features)
+
+  x = noise(x, "bottleneck")
   for j in range(n_up):
     level = depth - 1 - j
     filters = base_filters * 2 ** level
     x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{j + 1}", dtype=body)(x)
     x = layers.Concatenate(name=f"skip{j + 1}", dtype=body)([x, skips[level]])
-    x = _conv_block(x, filters, norm, f"dec{j + 1}", body, sync_batch_norm)
+    x = noise(_conv_block(x, filters, norm, f"dec{j + 1}", body, sync_batch_norm), f"dec{j + 1}")
 
   def head(features, channels, head_name):
     y = layers.Conv2D(channels, 1, name=f"{head_name}_logits", dtype=out)(features)

@@ -296,7 +296,11 @@ def _teacher_maps(spec, data_dir):
 
   def compute():
     print(f"Distillation: the teacher {teacher} predicts the train images once.")
-    model = predictor_lib.load(teacher, num_interpreters=os.cpu_count() or 1)
+    folder = zoo.resolve(teacher) or teacher
+    # A training directory teaches with its last checkpoint: best_val_* were picked on val.
+    last = ("latest" if os.path.isfile(os.path.join(folder, config_lib.CONFIG_FILE))
+            else None)
+    model = predictor_lib.load(teacher, checkpoint=last, num_interpreters=os.cpu_count() or 1)
     source = sources.TfdsSource(data_dir, spec.data.train_split)
     maps = distill.teacher_heatmaps(model, source, total=len(source),
                                     progress=spec.run.verbose != 0)

@@ -64,15 +64,16 @@ def uncertainty_floor_deg(model):
   return card_of(model).get("uncertainty", {}).get("floor_deg")
 
 
+def quality_fit(model):
+  """The fitted quality score and interval of the model's card (its `quality` section, fitted by
+  `benchmarks.quality --fit` on out-of-fold train predictions, copied in by `aop_tf.ship`), or
+  None where the card has none."""
+  fitted = card_of(model).get("quality")
+  return fitted if fitted and fitted.get("coef") else None
+
+
 if __name__ == "__main__":
   # `python -m aop_tf.zoo` (the command the README and benchmarks give) runs `aop_tf.ship`, which
   # builds and measures shipped models; the registry above imports nothing of it.
   import runpy  # pylint: disable=g-import-not-at-top
   runpy.run_module("aop_tf.ship", run_name="__main__", alter_sys=True)
-
-
-def quality_fit(model):
-  """The fitted quality score and interval of the model's card (its `quality` section, written by
-  `benchmarks.quality`), or None where the card has none."""
-  fitted = card_of(model).get("quality")
-  return fitted if fitted and fitted.get("coef") else None

@@ -3,6 +3,7 @@ once.
 
   python -m benchmarks.oof --stage=predict      # OOF features (needs runs/oof_f<k>)
   python -m benchmarks.quality --fit            # fit on OOF -> benchmarks/results/quality_fit.json
+  python -m benchmarks.quality --ceiling        # why the AUROC stops where it does -> quality_ceiling.json
   python -m benchmarks.quality --score_val      # the shipped model on val, once -> quality_val.json
 
 Fit (OOF only): ridge regression of `log(|AoP error| + 1)` on the standardised features of
@@ -10,6 +11,13 @@ Fit (OOF only): ridge regression of `log(|AoP error| + 1)` on the standardised f
 fold scored by a fit on the others) says how well it ranks bad AoPs before val is touched; the
 flag threshold is the highest score catching >= 50 % of the > 10 deg OOF errors; the interval
 quantile is the conformal 90 % quantile of |error| / (score + 1) over all OOF images.
+Ceiling (OOF and train labels only): near-identical neighbouring train frames (`label_noise`'s
+pairs, mean grey-level difference below a bound) show how far two labels of the same anatomy
+differ; from their spread, the AoP label noise sd `s`. The bad OOF errors whose near-identical
+neighbour's label the prediction matches within 10 deg are the share label noise alone explains.
+An oracle that knew the model's own error `m` exactly (observed error = m + label noise, m with
+the OOF errors' shape and variance less `s^2`) ranks `|m + noise| > 10` with the AUROC written,
+the best any score computed from the image and the model could reach.
 Val (once per shipped model): AUROC with a 95 % bootstrap interval resampled by 40-file block, the
 share flagged, the coverage overall and per third of interval width, signed bias and Bland-Altman
 limits, the 2x2 table either side of 120 deg and the error by AoP range.
@@ -37,6 +45,7 @@ BAD_DEG, COVERAGE, ALPHA = 10.0, 0.9, 1.0
 FIRST_FILE, BLOCK = 3744, 40
 
 flags.DEFINE_bool("fit", False, "Fit the score and interval on the OOF features.")
+flags.DEFINE_bool("ceiling", False, "Measure the AUROC's ceiling from label noise (OOF, train).")
 flags.DEFINE_bool("score_val", False, "Score the shipped model on PSFHS val (once).")
 flags.DEFINE_string("model", "psfhs", "Shipped model scored on val.")
 flags.DEFINE_integer("bootstrap", 2000, "Block-bootstrap resamples.")
@@ -159,6 +168,94 @@ def fit(oof):
   return fitted, oof_figures
 
 
+def near_identical_pairs(psfhs_dir, mad_below):
+  """Neighbouring train frames nearly the same image: [(a, b, mad)], MAD < `mad_below` (0..255)."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  from benchmarks import label_noise  # pylint: disable=import-outside-toplevel
+  names = sorted(_psfhs_rows(psfhs_dir, "train"))
+  out = []
+  for a, b in label_noise.neighbour_pairs(names):
+    image_a, image_b = (cv2.imread(os.path.join(psfhs_dir, "images", n), cv2.IMREAD_GRAYSCALE)
+                        for n in (a, b))
+    mad = float(np.abs(image_a.astype(np.float32) - image_b).mean())
+    if mad < mad_below:
+      out.append((a, b, mad))
+  return out
+
+
+def oracle_auroc(signed_errors, noise_sd=None, pair_diffs=None, bad_deg=BAD_DEG, draws=200,
+                 seed=0):
+  """AUROC of an oracle knowing the model's own error `m` for `|m + n| > bad_deg`.
+
+  `m` keeps the shape of `signed_errors` (observed = m + label noise), scaled to variance
+  `var(observed) - var(n)`. The noise `n` is N(0, noise_sd^2), or, with `pair_diffs` (label
+  differences of near-identical pairs, each `n_a - n_b`), drawn as `+-|d| / sqrt(2)`: the pairs'
+  own heavy tails. Mean over `draws` Monte-Carlo draws.
+  """
+  e = np.asarray(signed_errors, np.float64)
+  centred = e - e.mean()
+  var = centred.var()
+  rng = np.random.default_rng(seed)
+  if pair_diffs is not None:
+    half = np.abs(np.asarray(pair_diffs, np.float64)) / math.sqrt(2.0)
+    noise_var = float(np.mean(half ** 2))
+  else:
+    noise_var = noise_sd ** 2
+  k = math.sqrt(max(var - noise_var, 0.0) / var)
+  values = []
+  for _ in range(draws):
+    m = e.mean() + k * rng.permutation(centred)
+    if pair_diffs is not None:
+      noise = rng.choice(half, len(m)) * rng.choice([-1.0, 1.0], len(m))
+    else:
+      noise = rng.normal(0.0, noise_sd, len(m))
+    observed = m + noise
+    values.append(metrics.auroc(np.abs(m), np.abs(observed) > bad_deg))
+  return float(np.mean(values))
+
+
+def ceiling(oof, psfhs_dir, mad_bounds=(5.0, 6.0, 8.0)):
+  """Label noise and the oracle's AUROC, per near-identical bound (OOF and train labels only)."""
+  labels = _psfhs_rows(psfhs_dir, "train")
+  from aop_tf import geometry  # pylint: disable=import-outside-toplevel
+  label_aop = {n: float(geometry.aop_deg(p[None].astype(np.float32))[0]) for n, p in labels.items()}
+  pred = dict(zip(oof["filename"], oof["aop_deg"]))
+  signed = oof["aop_deg"] - oof["aop_gt_deg"]
+  out = {"oof_n": int(len(signed)), "oof_bad": int(np.sum(np.abs(signed) > BAD_DEG)),
+         "auroc_fitted_cross": None, "by_mad_bound": []}
+  pairs_all = near_identical_pairs(psfhs_dir, max(mad_bounds))
+  for bound in mad_bounds:
+    pairs = [(a, b) for a, b, mad in pairs_all if mad < bound]
+    diff = np.array([label_aop[a] - label_aop[b] for a, b in pairs])
+    # Two labels of one anatomy differ by n_a - n_b ~ N(0, 2 s^2): the robust sd from the median.
+    noise_sd = float(np.median(np.abs(diff)) / (0.6744897501960817 * math.sqrt(2.0)))
+    explained, bad_with_pair = 0, 0
+    for a, b in pairs:
+      for own, other in ((a, b), (b, a)):
+        if abs(pred[own] - label_aop[own]) > BAD_DEG:
+          bad_with_pair += 1
+          explained += abs(pred[own] - label_aop[other]) <= BAD_DEG
+    out["by_mad_bound"].append({
+        "mad_below": bound, "pairs": len(pairs),
+        "label_aop_diff_abs_median_deg": float(np.median(np.abs(diff))),
+        "pairs_labels_differ_over_10_deg_share": float(np.mean(np.abs(diff) > BAD_DEG)),
+        "label_noise_sd_deg": noise_sd,
+        "noise_alone_share_of_errors_over_10": float(
+            2 * (1 - _normal_cdf(BAD_DEG / noise_sd))),
+        "bad_oof_images_in_pairs": bad_with_pair,
+        "bad_matched_by_neighbour_label_share": (explained / bad_with_pair) if bad_with_pair
+                                                else None,
+        "oracle_auroc_gaussian_noise": oracle_auroc(signed, noise_sd=noise_sd),
+        "label_noise_rms_from_pairs_deg": float(np.sqrt(np.mean(diff ** 2) / 2.0)),
+        "oracle_auroc_pair_noise": oracle_auroc(signed, pair_diffs=diff),
+    })
+  return out
+
+
+def _normal_cdf(z):
+  return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
 def _blocks(names):
   return np.array([(int(os.path.basename(n)[:5]) - FIRST_FILE) // BLOCK for n in names])
 
@@ -269,6 +366,15 @@ def main(argv):
                  "fitted": fitted, "oof": figures}, f, indent=2)
       f.write("\n")
     print(json.dumps(figures, indent=1))
+  if FLAGS.ceiling:
+    result = ceiling(_read_csv(OOF_CSV), build.default_psfhs_dir())
+    with open(FIT_JSON) as f:
+      result["auroc_fitted_cross"] = json.load(f)["oof"]["auroc_cross_fitted"]
+    with open(os.path.join(RESULTS, "quality_ceiling.json"), "w") as f:
+      json.dump({"created": stamp, "command": "python -m benchmarks.quality --ceiling",
+                 "ceiling": result}, f, indent=2)
+      f.write("\n")
+    print(json.dumps(result, indent=1))
   if FLAGS.score_val:
     with open(FIT_JSON) as f:
       fitted = json.load(f)["fitted"]

@@ -21,6 +21,11 @@ times measured here), then evaluated on PSFHS val (200 images) at the final epoc
                    ssl.cfg); cpu.cfg trains a new model on the 300 (with masks) + the kept
                    pseudo-labels (`data_prep.build --pseudo_labels`). Its 60 minutes come on
                    top of the teacher's: twice the compute of the other arms.
+  noisy_s<seed>    noisy student: as self, and the student also learns the teacher's heatmaps
+                   (`--teacher`, blended half and half with the pseudo-label's or label's
+                   Gaussian, warped with each augmented view) under cpu.cfg's strong
+                   augmentation, with spatial dropout 0.1 in its decoder (`--dropout`). The
+                   weight and the rate were set beforehand, not tuned.
 Writes `benchmarks/results/ssl.json` (one entry per arm, merged with earlier runs of other arms).
 
   python -m benchmarks.ssl --pseudo_quality=sup300_s42,ssl_s42
@@ -63,6 +68,9 @@ ARMS = {
     # Offline pseudo-labels from a fixed teacher: the mean teacher's own FH1 drifted (issue 16).
     # About 810 labeled images per epoch, so sup838's epochs.
     "self": {"teacher": "sup300", "flagfiles": ["cpu.cfg"], "epochs": 55},
+    # The noisy student (issue 27): self's data, the teacher's maps as targets, model noise.
+    "noisy": {"teacher": "sup300", "flagfiles": ["cpu.cfg"], "epochs": 55, "distill": True,
+              "args": ["--teacher_weight=0.5", "--dropout=0.1"]},
 }
 
 flags.DEFINE_bool("make_list", False, "Write the labeled-subset list and stop.")
@@ -172,12 +180,16 @@ def ensure_pseudo_data(teacher_label):
 def run_arm(label):
   arm, _, seed = label.rpartition("_s")
   setting = ARMS[arm]
+  distill_args = []
   if "teacher" in setting:
-    data_dir = ensure_pseudo_data(f"{setting['teacher']}_s{seed}")
+    teacher = f"{setting['teacher']}_s{seed}"
+    data_dir = ensure_pseudo_data(teacher)
+    if setting.get("distill"):
+      distill_args = [f"--teacher={os.path.join(REPO, 'runs', f'ssl_{teacher}')}"]
   else:
     data_dir = ensure_data(setting["data"])
   flagfile, *more = [os.path.join(CONFIGS, f) for f in setting["flagfiles"]]
-  train_args = [f"--flagfile={f}" for f in more] + [f"--seed={seed}",
+  train_args = [f"--flagfile={f}" for f in more] + distill_args + [f"--seed={seed}",
                                                    f"--epochs={setting['epochs']}",
                                                    "--max_train_minutes=60",
                                                    *setting.get("args", [])]

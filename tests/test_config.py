@@ -72,7 +72,7 @@ def test_flagfiles_name_every_knob():
 def test_paper_flagfile_is_the_paper_recipe():
   spec = _parse(_flagfile("paper"))
   assert spec.model_kwargs() == dict(model_lib.PAPER, norm="batch", seg_classes=0,
-                                     mixed_precision=False, sync_batch_norm=False)
+                                     mixed_precision=False, sync_batch_norm=False, dropout=0.0)
   assert (spec.codec.sigma_cells, spec.loss.loss, spec.codec.heatmap_scale) == (2.0, "mse", 1.0)
   optim = spec.optim
   assert (optim.optimizer, optim.learning_rate, optim.weight_decay) == ("adam", 1e-4, 1e-4)
@@ -84,7 +84,7 @@ def test_paper_flagfile_is_the_paper_recipe():
 def test_cpu_flagfiles():
   base, cpu, paper = (_parse(_flagfile(n)) for n in ("baseline_cpu", "cpu", "paper"))
   cpu_model = dict(input_size=256, input_channels=1, base_filters=16, depth=4, heatmap_size=64,
-                   decode_to_full=False, norm="batch")
+                   decode_to_full=False, norm="batch", dropout=0.0)
   assert base.model_kwargs() == dict(cpu_model, seg_classes=0, mixed_precision=False,
                                      sync_batch_norm=False)
   assert cpu.model_kwargs() == dict(
@@ -166,7 +166,8 @@ def test_a_config_json_from_before_the_run_spec_still_loads():
   with open(FORMAT1) as f:
     old = json.load(f)
   spec = config.from_json(old, FORMAT1)
-  assert spec.model_kwargs() == dict(old["model"], sync_batch_norm=False)
+  # dropout came later: the old run reads at its default, 0.
+  assert spec.model_kwargs() == dict(old["model"], sync_batch_norm=False, dropout=0.0)
   assert spec.heatmap_codec().fh1_method == old["decode"]["fh1_method"] == "tangent"
   assert spec.heatmap_codec().blur_sigma_cells == old["decode"]["blur_sigma_cells"]
   assert spec.augment.erase_prob == old["flags"]["augment_config"]["erase_prob"]

@@ -2,7 +2,9 @@
 blending, the teacher's maps kept per run, and weights taken over exactly or refused."""
 
 import math
+import os
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -114,3 +116,25 @@ def test_distilled_run_learns_from_the_teacher_maps(trained, phantom_dir, tmp_pa
   assert teacher == trained and len(saved.filenames) == 8 and saved.cells == CELLS
   loss = model_dir_lib.read_state(result.model_dir)["history"][0]["loss"]
   assert math.isfinite(loss)
+
+
+def test_init_from_the_shipped_psfhs_takes_its_float_weights():
+  """`--init_from=psfhs`: a network of the shipped model's run spec takes its `weights.keras`, and
+  the float network's landmarks agree with the shipped int8 file's."""
+  from aop_tf import model as model_lib  # pylint: disable=import-outside-toplevel
+  from aop_tf import predictor  # pylint: disable=import-outside-toplevel
+  from aop_tf import predictor_tf  # pylint: disable=import-outside-toplevel
+  from aop_tf import zoo  # pylint: disable=import-outside-toplevel
+  folder = zoo.resolve("psfhs")
+  if folder is None or not os.path.isfile(os.path.join(folder, model_dir_lib.WEIGHTS_FILE)):
+    pytest.skip("no shipped psfhs weights (python -m aop_tf.zoo --members=<one run> ships them)")
+  spec = predictor.export_spec(folder)
+  network = model_lib.build_unet(**spec.model_kwargs())
+  where = model_dir_lib.init_from(network, "psfhs", folder)
+  assert where.endswith(model_dir_lib.WEIGHTS_FILE)
+  image = cv2.imread(os.path.join(helpers.REPO, "examples", "psfhs", "04066.png"),
+                     cv2.IMREAD_GRAYSCALE)
+  shipped = predictor.load("psfhs").predict([image[..., None]])
+  keras_out = predictor_tf.KerasPredictor(network, spec.heatmap_codec()).predict(
+      [image[..., None]])
+  np.testing.assert_allclose(keras_out["landmarks"], shipped["landmarks"], atol=2.0)

@@ -108,3 +108,18 @@ def test_mixed_precision_body_bfloat16_heads_float32_and_float32_copy(tmp_path):
 def test_float32_copy_of_a_float32_model_is_the_model():
   model = model_lib.build_unet(64, 1, 4, 2, 16)
   assert model_lib.float32_copy(model, {"mixed_precision": False}) is model
+
+
+def test_dropout_is_training_noise_only_and_adds_no_weights():
+  kwargs = dict(input_size=64, base_filters=4, depth=3, heatmap_size=16, seg_classes=3)
+  noisy = model_lib.build_unet(dropout=0.3, **kwargs)
+  plain = model_lib.build_unet(**kwargs)
+  assert [w.shape for w in noisy.weights] == [w.shape for w in plain.weights]
+  decoders = config.decoder_blocks(64, 16, 3, False)
+  assert sum("dropout" in layer.name for layer in noisy.layers) == 1 + decoders  # + bottleneck
+  assert not any("dropout" in layer.name for layer in plain.layers)
+  plain.set_weights(noisy.get_weights())
+  x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 1)).astype(np.float32)
+  np.testing.assert_allclose(noisy(x, training=False)["heatmaps"],
+                             plain(x, training=False)["heatmaps"], atol=1e-6)
+  assert np.abs(noisy(x, training=True)["heatmaps"] - plain(x, training=True)["heatmaps"]).max() > 0

@@ -28,8 +28,9 @@ FPS = 30.0
 # through OpenCV: bitrate makes no difference).
 PIXEL_BOUNDS = {"avi": (1.2, 12), "mp4": (2.6, 48)}  # (mean, max) |video - PNG|, levels
 # Shipped model, landmarks on the decoded frames vs on the PNGs (max over 20 frames x 3 points):
-# MJPG 0.28 px, mp4v 1.04 px (AoP 0.25 / 0.65 deg). 0.5 px holds for MJPG only.
-LANDMARK_BOUNDS_PX = {"avi": 0.5, "mp4": 1.5}
+# the session-11 ensemble MJPG 0.28 px, mp4v 1.04 px; the distilled student (psfhs from session
+# 12) 0.58 and 1.13 px, one network being less smooth than an average of four.
+LANDMARK_BOUNDS_PX = {"avi": 0.8, "mp4": 1.5}
 
 
 @pytest.fixture(scope="module")
