@@ -44,12 +44,16 @@ FIT_JSON = os.path.join(RESULTS, "quality_fit.json")
 BAD_DEG, COVERAGE, ALPHA = 10.0, 0.9, 1.0
 FIRST_FILE, BLOCK = 3744, 40
 
-flags.DEFINE_bool("fit", False, "Fit the score and interval on the OOF features.")
-flags.DEFINE_bool("ceiling", False, "Measure the AUROC's ceiling from label noise (OOF, train).")
-flags.DEFINE_bool("score_val", False, "Score the shipped model on PSFHS val (once).")
-flags.DEFINE_string("model", "psfhs", "Shipped model scored on val.")
-flags.DEFINE_integer("bootstrap", 2000, "Block-bootstrap resamples.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command-line flags (defined on demand: other benchmarks own flags of the same names)."""
+  flags.DEFINE_bool("fit", False, "Fit the score and interval on the OOF features.")
+  flags.DEFINE_bool("ceiling", False, "Measure the AUROC's ceiling from label noise (OOF, train).")
+  flags.DEFINE_bool("score_val", False, "Score the shipped model on PSFHS val (once).")
+  flags.DEFINE_string("model", "psfhs", "Shipped model scored on val.")
+  flags.DEFINE_integer("bootstrap", 2000, "Block-bootstrap resamples.")
 
 
 def _psfhs_rows(psfhs_dir, split):
@@ -389,4 +393,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,7 +1,7 @@
 """The distilled student beside the 4-model ensemble it learned from: accuracy, speed, size, FLOPs.
 
   python -m benchmarks.student --student=saved_models/distill/model.tflite \
-      --ensemble=benchmarks/results/psfhs_ensemble/model.tflite --student_run=runs/distill
+      --ensemble=psfhs_ensemble --student_run=runs/distill
 
 In one run, on PSFHS val (the reported test set: nothing here is chosen on it): each TFLite file is
 evaluated with `aop_tf.evaluate` (MRE in 512 space, AoP error) and timed at batch 1 on 1 and 2
