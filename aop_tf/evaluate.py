@@ -36,6 +36,7 @@ from aop_tf import cli
 from aop_tf import codec as codec_lib
 from aop_tf import metrics
 from aop_tf import predictor as predictor_lib
+from aop_tf import quality
 from aop_tf import results
 from aop_tf import sources
 from aop_tf import visualize
@@ -102,10 +103,15 @@ def predict_source(predictor, source, batch_size=16, keep_heatmaps=False, progre
 # Outputs.
 
 
-def per_image_rows(preds, errors, min_confidence=0.3, uncertainty_floor=None):
+def per_image_rows(preds, errors, min_confidence=0.3, uncertainty_floor=None, quality_fit=None):
   """Rows of `per_image.csv` in the one layout (`results`): the prediction columns of `predict`
-  (points in original pixels, the flag and its reason at `min_confidence`) plus the labels and
-  the errors (px and 512 space)."""
+  (points in original pixels; the flag and its reason from the card's fitted quality model
+  `quality_fit` where there is one and `preds` kept the heatmaps, else at `min_confidence`) plus
+  the labels and the errors (px and 512 space)."""
+  fitted = quality.per_frame(
+      quality.QualityModel(quality_fit) if quality_fit else None,
+      {k: preds[k] for k in ("heatmaps", "confidence", "aop_spread_deg") if k in preds} |
+      {"landmarks": preds["pred_px"], "aop_deg": errors["aop_pred_deg"]}, preds["size_px"])
   rows = []
   for i, filename in enumerate(preds["filename"]):
     source, index = frames_lib.split_frame_name(filename)
@@ -113,7 +119,7 @@ def per_image_rows(preds, errors, min_confidence=0.3, uncertainty_floor=None):
                              tuple(int(v) for v in preds["size_px"][i]), None, index is not None)
     row = results.prediction_row(frame, preds["pred_px"][i], errors["aop_pred_deg"][i],
                                  preds["confidence"][i], preds["aop_spread_deg"][i],
-                                 min_confidence, uncertainty_floor)
+                                 min_confidence, uncertainty_floor, fitted[i])
     row["filename"] = filename
     for k, name in enumerate(LANDMARK_NAMES):
       row[f"gt_{name}_x"], row[f"gt_{name}_y"] = (float(v) for v in preds["gt_px"][i, k])
@@ -278,13 +284,16 @@ def evaluate(model, checkpoint=None, data_dir=None, split="val", images_dir=None
   if verbose:
     print(f"[evaluate] {predictor.kind} model {model} on {len(source)} images "
           f"({source.describe()}) -> {output_dir}", flush=True)
-  preds, timing = predict_source(predictor, source, batch_size, keep_heatmaps=overlays != 0,
+  quality_fit = zoo.quality_fit(model)
+  preds, timing = predict_source(predictor, source, batch_size,
+                                 keep_heatmaps=overlays != 0 or quality_fit is not None,
                                  progress=progress)
   errors = metrics.per_image_errors(preds["pred_px"], preds["gt_px"], preds["size_px"])
   result = _result(metrics.report(errors), predictor, source, batch_size, timing)
   os.makedirs(output_dir, exist_ok=True)
   write_csv(os.path.join(output_dir, PER_IMAGE_FILE), per_image_rows(
-      preds, errors, zoo.flag_min_confidence(model), zoo.uncertainty_floor_deg(model)))
+      preds, errors, zoo.flag_min_confidence(model), zoo.uncertainty_floor_deg(model),
+      quality_fit))
   indices = overlay_indices(errors, overlays, overlay_order)
   result["n_overlays"] = (write_overlays(os.path.join(output_dir, OVERLAY_DIR), source, preds,
                                          errors, indices, progress=progress)

@@ -174,23 +174,10 @@ def _batches(stream, batch_size):
     yield batch
 
 
-def _quality(batch, out, quality_model):
-  """Per frame `(score, low, high, threshold)` of the card's quality model, or Nones."""
-  if quality_model is None or "heatmaps" not in out:
-    return [None] * len(batch)
-  feats = quality.features(out["heatmaps"], out["landmarks"], out["aop_deg"],
-                           out["confidence"], [f.image.shape[1::-1] for f in batch],
-                           out.get("aop_spread_deg"))
-  score = quality_model.score(feats)
-  low, high = quality_model.interval(out["aop_deg"], score)
-  threshold = float(quality_model.fitted["flag_score_deg"])
-  return [(s, lo, hi, threshold) for s, lo, hi in zip(score, low, high)]
-
-
 def _rows(batch, out, min_confidence, uncertainty_floor, quality_model=None):
   """Rows of one predicted batch; landmarks of reduced images go back to the stored pixels."""
   rows = []
-  fitted = _quality(batch, out, quality_model)
+  fitted = quality.per_frame(quality_model, out, [f.image.shape[1::-1] for f in batch])
   for i, frame in enumerate(batch):
     shown = (frame.image.shape[1], frame.image.shape[0])
     landmarks, aop = out["landmarks"][i], float(out["aop_deg"][i])
@@ -480,11 +467,14 @@ def main(argv):
   if FLAGS.overlay_dir:
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     on_batch = overlay_writer(FLAGS.overlay_dir, root, uncertainty_floor)
+  fitted = zoo.quality_fit(FLAGS.model)
+  rule = (f"expected AoP error >= {fitted['flag_score_deg']:.1f} deg" if fitted else
+          f"a heatmap peak < {min_confidence}")
   start = time.perf_counter()
   rows, failures = predict_files(model, paths, FLAGS.batch_size, FLAGS.num_workers,
                                  min_confidence, on_batch=on_batch, max_pixels=FLAGS.max_pixels,
                                  uncertainty_floor=uncertainty_floor, selection=selection,
-                                 quality_fit=zoo.quality_fit(FLAGS.model))
+                                 quality_fit=fitted)
   seconds = time.perf_counter() - start
   if fmt == "pseudo":
     _write_pseudo(rows, paths, model)
@@ -493,8 +483,8 @@ def main(argv):
   n_low = sum(row["low_confidence"] for row in rows)
   n_degenerate = sum(row["degenerate"] for row in rows)
   print(f"[predict] {len(rows)} images -> {FLAGS.output} in {seconds:.1f} s "
-        f"({len(rows) / max(seconds, 1e-9):.1f} img/s); {n_low} low confidence "
-        f"(< {min_confidence}), {n_degenerate} with undefined AoP; {len(failures)} skipped")
+        f"({len(rows) / max(seconds, 1e-9):.1f} img/s); {n_low} flagged to check ({rule}), "
+        f"{n_degenerate} with undefined AoP; {len(failures)} skipped")
   for _, reason in failures:
     print(f"[predict]   skipped: {reason}", file=sys.stderr)
   if FLAGS.overlay_dir:

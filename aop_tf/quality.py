@@ -130,14 +130,35 @@ class QualityModel:
     return np.expm1(np.clip(z @ self._coef + float(self.fitted["intercept"]), 0.0, 6.0))
 
   def interval(self, aop_deg, score_deg):
-    """`(low, high)` degrees [B]: the conformal interval `aop +/- q (score + 1)`."""
+    """`(low, high)` degrees [B]: the conformal interval `aop +/- q (score + 1)`, kept inside the
+    angles an AoP can take, 0-180."""
     half = float(self.fitted["interval_q"]) * (np.asarray(score_deg, np.float64) + 1.0)
     aop = np.asarray(aop_deg, np.float64)
-    return aop - half, aop + half
+    return np.maximum(aop - half, 0.0), np.minimum(aop + half, 180.0)
 
   def flagged(self, score_deg):
     """bool [B]: the score is at or above the card's flag threshold."""
     return np.asarray(score_deg, np.float64) >= float(self.fitted["flag_score_deg"])
+
+
+def per_frame(model, out, sizes_px):
+  """Per image `(score_deg, low_deg, high_deg, threshold_deg)` of one predicted batch (what
+  `results.prediction_row` takes as `quality`), or None each where there is no `model` or the
+  predictor gives no heatmaps.
+
+  Args:
+    model: a `QualityModel`, or None.
+    out: the predictor's outputs: `heatmaps`, `landmarks`, `aop_deg`, `confidence` (and an
+      ensemble's `aop_spread_deg`), points in the pixels of the images predicted.
+    sizes_px: [B, 2] `(width, height)` of those images.
+  """
+  if model is None or "heatmaps" not in out:
+    return [None] * len(sizes_px)
+  score = model.score(features(out["heatmaps"], out["landmarks"], out["aop_deg"],
+                               out["confidence"], sizes_px, out.get("aop_spread_deg")))
+  low, high = model.interval(out["aop_deg"], score)
+  threshold = float(model.fitted["flag_score_deg"])
+  return [(s, lo, hi, threshold) for s, lo, hi in zip(score, low, high)]
 
 
 def describe_interval(aop, low, high, coverage=0.9):

@@ -1,5 +1,6 @@
 """The quality score's features and the interval (aop_tf/quality.py), on maps worked by hand."""
 
+import json
 import math
 
 import numpy as np
@@ -61,34 +62,62 @@ def test_score_interval_and_flag_round_trip():
   low, high = model.interval([120.0, 100.0], score)
   np.testing.assert_allclose(high - low, 4.0 * (score + 1.0))
   assert model.flagged(score).tolist() == [False, True]
+  low, high = model.interval([178.0, 3.0], score)  # an AoP lies in 0-180 deg: so does the range
+  assert high[0] == 180.0 and low[1] == 0.0 and low[0] < 178.0 and high[1] > 3.0
   assert quality.describe_interval(127.6, 119.2, 136.4) == "127.6 deg (90 %: 119-136)"
   assert quality.describe_interval(math.nan, 0, 0) == "undefined"
+
+
+# A hand-made fit on the FH1 spread alone: a sharp map scores low, a wide one high (flagged).
+FIT = {"features": ["spread_FH1_cells"], "mean": [2.0], "scale": [1.0], "coef": [0.5],
+       "intercept": 1.0, "interval_q": 1.5, "coverage": 0.9, "flag_score_deg": 5.0}
+
+
+class StandIn:
+  """A predictor whose maps are sharp for dark images and wide for bright ones (AoP 120 deg)."""
+
+  def __init__(self):
+    points = [[16, 8], [8, 10], [24, 24]]
+    self.sharp, self.wide = _maps(points, sigma=1.0)[0], _maps(points, sigma=4.0)[0]
+
+  def predict(self, images):
+    n = len(images)
+    maps = np.stack([self.sharp if im.mean() < 100 else self.wide for im in images])
+    return {"landmarks": np.tile(np.array([[130, 70], [66, 82], [194, 194]], np.float32),
+                                 (n, 1, 1)),
+            "aop_deg": np.full(n, 120.0, np.float32), "confidence": np.full((n, 3), 0.9),
+            "heatmaps": maps.astype(np.float32)}
+
+
+def _dark_and_bright(folder):
+  import cv2  # pylint: disable=import-outside-toplevel
+  paths = []
+  for name, level in (("dark.png", 50), ("bright.png", 200)):
+    paths.append(str(folder / name))
+    cv2.imwrite(paths[-1], np.full((256, 256), level, np.uint8))
+  return paths
+
+
+def test_per_frame_is_the_score_and_interval_of_the_features():
+  out = StandIn().predict([np.zeros((256, 256, 1), np.uint8), np.full((256, 256, 1), 200)])
+  model = quality.QualityModel(FIT)
+  got = quality.per_frame(model, out, [(256, 256)] * 2)
+  score = model.score(quality.features(out["heatmaps"], out["landmarks"], out["aop_deg"],
+                                       out["confidence"], [(256, 256)] * 2))
+  np.testing.assert_allclose([g[0] for g in got], score)
+  np.testing.assert_allclose([g[1:3] for g in got], np.stack(model.interval([120, 120], score), 1))
+  assert [g[3] for g in got] == [5.0, 5.0]
+  assert quality.per_frame(None, out, [(256, 256)] * 2) == [None, None]
+  no_maps = {k: v for k, v in out.items() if k != "heatmaps"}
+  assert quality.per_frame(model, no_maps, [(256, 256)] * 2) == [None, None]
 
 
 def test_predict_rows_carry_the_score_interval_and_why_the_flag_fired(tmp_path):
   """predict with a card's fitted quality model: every row gets the expected error, the 90 %
   interval around its AoP, and a flag reason naming the score when it fires."""
-  import cv2  # pylint: disable=import-outside-toplevel
   from aop_tf import predict  # pylint: disable=import-outside-toplevel
-  sharp = _maps([[16, 8], [8, 10], [24, 24]], sigma=1.0)[0]
-  wide = _maps([[16, 8], [8, 10], [24, 24]], sigma=4.0)[0]
-
-  class Fake:
-    def predict(self, images):
-      n = len(images)
-      maps = np.stack([sharp if im.mean() < 100 else wide for im in images])
-      return {"landmarks": np.tile(np.array([[130, 70], [66, 82], [194, 194]], np.float32),
-                                   (n, 1, 1)),
-              "aop_deg": np.full(n, 120.0, np.float32), "confidence": np.full((n, 3), 0.9),
-              "heatmaps": maps.astype(np.float32)}
-
-  paths = []
-  for name, level in (("dark.png", 50), ("bright.png", 200)):
-    paths.append(str(tmp_path / name))
-    cv2.imwrite(paths[-1], np.full((256, 256), level, np.uint8))
-  fitted = {"features": ["spread_FH1_cells"], "mean": [2.0], "scale": [1.0], "coef": [0.5],
-            "intercept": 1.0, "interval_q": 1.5, "coverage": 0.9, "flag_score_deg": 5.0}
-  rows, failures = predict.predict_files(Fake(), paths, progress=False, quality_fit=fitted,
+  paths = _dark_and_bright(tmp_path)
+  rows, failures = predict.predict_files(StandIn(), paths, progress=False, quality_fit=FIT,
                                          min_confidence=0.99)
   assert not failures
   dark, bright = rows
@@ -99,5 +128,29 @@ def test_predict_rows_carry_the_score_interval_and_why_the_flag_fired(tmp_path):
     assert row["aop_high_deg"] == pytest.approx(120.0 + half)
   assert not dark["low_confidence"] and dark["flag_reason"] == ""  # peaks 0.9 < 0.99 ignored
   assert bright["low_confidence"] and bright["flag_reason"].startswith("expected AoP error")
-  plain, _ = predict.predict_files(Fake(), paths, progress=False, min_confidence=0.99)
+  plain, _ = predict.predict_files(StandIn(), paths, progress=False, min_confidence=0.99)
   assert math.isnan(plain[0]["quality_score_deg"]) and plain[0]["flag_reason"].startswith("low")
+
+
+def test_the_viewer_rows_carry_what_predict_writes(tmp_path):
+  """The viewer's rows (`workspace.result_rows`) with the card's quality model: the same score,
+  interval and flag reason as predict's rows of the same images."""
+  from aop_tf import config  # pylint: disable=import-outside-toplevel
+  from aop_tf import predict  # pylint: disable=import-outside-toplevel
+  from aop_tf.io import frames  # pylint: disable=import-outside-toplevel
+  from aop_tf.viewer import workspace  # pylint: disable=import-outside-toplevel
+  paths = _dark_and_bright(tmp_path)
+  want, _ = predict.predict_files(StandIn(), paths, progress=False, quality_fit=FIT,
+                                  min_confidence=0.99)
+  card = tmp_path / "model" / "model_card.json"
+  card.parent.mkdir()
+  card.write_text(json.dumps({"quality": FIT}))
+  model = workspace.Model(str(card.parent), min_confidence=0.99)  # its card, not started
+  model.semi = config.SemiSpec()
+  assert model.status()["quality"]["coverage"] == 0.9
+  batch = [frames.StillSource(p).frame(0) for p in paths]
+  got = workspace.result_rows(batch, StandIn().predict([f.image for f in batch]), model)
+  columns = ("aop_deg", "quality_score_deg", "aop_low_deg", "aop_high_deg", "low_confidence",
+             "flag_reason")
+  assert [[r[c] for c in columns] for r in got] == [[r[c] for c in columns] for r in want]
+  assert got[1]["flag_reason"].startswith("expected AoP error")

@@ -19,6 +19,7 @@ import pytest
 
 from aop_tf import LANDMARK_NAMES
 from aop_tf import review
+from aop_tf import zoo
 from aop_tf.io import points
 from aop_tf.viewer import labels as labels_lib
 from aop_tf.viewer import server
@@ -114,7 +115,8 @@ def test_session_lists_the_inputs_and_the_model(client):
   assert kinds == {"04066.png": ("image", False, 1), "clip.avi": ("video", True, 5),
                    "loop.dcm": ("dicom", True, 3)}
   assert session["model"]["name"] == "psfhs"
-  assert session["model"]["min_confidence"] == pytest.approx(0.6927)
+  assert session["model"]["min_confidence"] == zoo.flag_min_confidence("psfhs")
+  assert session["model"]["quality"]["coverage"] == 0.9  # the card's fitted interval
 
 
 def test_result_of_a_still_is_the_predictors(client):
@@ -126,8 +128,10 @@ def test_result_of_a_still_is_the_predictors(client):
   np.testing.assert_allclose(row["landmarks"], want["landmarks"][0], atol=1e-4)
   assert row["aop_deg"] == pytest.approx(float(want["aop_deg"][0]), abs=1e-4)
   assert row["PS1_x"] == row["landmarks"][0][0]
-  assert row["aop_uncertainty_deg"] > 0
-  assert row["low_confidence"] == (min(row["confidence"]) < 0.6927)
+  # The card's quality model: the score, the 90 % range around the AoP, the flag on the score.
+  fitted = zoo.quality_fit("psfhs")
+  assert row["aop_low_deg"] < row["aop_deg"] < row["aop_high_deg"]
+  assert row["low_confidence"] == (row["quality_score_deg"] >= fitted["flag_score_deg"])
   assert bool(row["flag_reason"]) == row["low_confidence"]
   status, headers, png = client.call("GET", f"/api/items/{item['id']}/frames/0.png")
   assert status == 200 and headers["content-type"] == "image/png"

@@ -5,6 +5,7 @@ walk its AoP over time. Every request the page makes is recorded: none may leave
 
 import base64
 import csv
+import math
 import os
 import shutil
 
@@ -142,6 +143,14 @@ def predict_csv_row(entry_points, tmp_path, image):
     return next(csv.DictReader(f))
 
 
+def interval_text(row):
+  """What the page prints for a row's AoP and its 90 % range, e.g. `127.6° (90 %: 119–136)`
+  (`quality.describe_interval`'s rounding)."""
+  aop, low, high = (float(row[k]) for k in ("aop_deg", "aop_low_deg", "aop_high_deg"))
+  assert math.isfinite(low) and math.isfinite(high), row  # the psfhs card has a quality fit
+  return f"{aop:.1f}° (90 %: {low:.0f}–{high:.0f})"
+
+
 def csv_rows(path):
   with open(path, newline="") as f:
     return list(csv.DictReader(f))
@@ -186,10 +195,12 @@ def test_open_an_example_image_shows_what_predict_writes(session, entry_points, 
   assert aop_shown(page) == round(float(want["aop_deg"]), 1)
   assert [row[0] for row in table_shown(page)] == list(LANDMARK_NAMES)
   assert table_shown(page)[2][1] == f"{float(want['FH1_x']):.1f}"
-  uncertainty = page.text_content("#uncertainty")
-  assert f"± {float(want['aop_uncertainty_deg']):.1f}°" in uncertainty
+  # The card's quality model: the model's AoP with its 90 % range, as predict writes it.
+  assert page.text_content("#uncertainty") == interval_text(want)
+  assert "for 9 of 10 images like this one" in page.text_content("#interval-note")
   flag = page.text_content("#flag")
-  assert ("low confidence" in flag) == (want["low_confidence"] in ("1", "True"))
+  assert ("check this one" in flag) == (want["low_confidence"] in ("1", "True"))
+  assert want["flag_reason"] in flag
 
 
 def test_dragging_fh1_updates_the_aop_live(session):
@@ -204,6 +215,8 @@ def test_dragging_fh1_updates_the_aop_live(session):
   assert page.evaluate("viewer.aopDeg(viewer.currentEntry().points)") == pytest.approx(
       want, abs=3e-5)
   assert "unsaved" in page.text_content("#saved-state")
+  result = page.evaluate("viewer.currentEntry().result")
+  assert page.text_content("#uncertainty") == f"corrected; the model said {interval_text(result)}"
 
 
 def test_undo_and_redo_by_keyboard(session):

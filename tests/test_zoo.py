@@ -118,6 +118,12 @@ def test_build_installs_a_measured_ensemble_with_its_card(phantom_dir, tmp_path,
   assert "flag" not in card and "uncertainty" not in card and "val" in card["protocol"]
   assert zoo.quality_fit(str(installed))["coef"] == fit["fitted"]["coef"]
   assert card["quality"]["out_of_fold"] == fit["oof"]
+  # evaluate, like predict, gives every row the card's score and range: all-zero weights score
+  # e - 1 deg everywhere, so the range is the AoP +/- 2 e (interval_q 2 times score + 1).
+  rows = results.read_csv(str(tmp_path / "check" / "per_image.csv"))
+  np.testing.assert_allclose(rows["quality_score_deg"], np.e - 1, atol=1e-3)
+  np.testing.assert_allclose(rows["aop_high_deg"] - rows["aop_deg"], 2 * np.e, atol=1e-2)
+  assert not np.any(np.asarray(rows["low_confidence"], bool))  # 1.7 deg < the threshold, 5.0
 
 
 def test_build_ships_one_run_with_its_float_weights(phantom_dir, tmp_path, monkeypatch):

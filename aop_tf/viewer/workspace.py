@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from aop_tf import LANDMARK_NAMES
+from aop_tf import quality
 from aop_tf import results
 from aop_tf import zoo
 from aop_tf.io import frames
@@ -52,7 +53,9 @@ class Model:
     ref: any form `predictor.load` takes (a shipped name, a training directory, a SavedModel
       folder, a .tflite file).
     min_confidence: rows whose lowest peak is below this are flagged; None: the model card's
-      threshold (`zoo.flag_min_confidence`).
+      threshold (`zoo.flag_min_confidence`). Unused where the card has a fitted quality model
+      (`zoo.quality_fit`): rows then get its score and 90 % interval, and the flag fires on the
+      score, as in `predict`.
     load_kwargs: passed to `predictor.load`.
   """
 
@@ -61,6 +64,8 @@ class Model:
     self.min_confidence = (zoo.flag_min_confidence(ref) if min_confidence is None
                            else float(min_confidence))
     self.uncertainty_floor_deg = zoo.uncertainty_floor_deg(ref)
+    fitted = zoo.quality_fit(ref)
+    self.quality = quality.QualityModel(fitted) if fitted else None
     self._load_kwargs = load_kwargs
     self._ready = threading.Event()
     self._lock = threading.Lock()
@@ -95,6 +100,9 @@ class Model:
             "kind": getattr(self.predictor, "kind", None),
             "min_confidence": self.min_confidence,
             "uncertainty_floor_deg": self.uncertainty_floor_deg,
+            "quality": None if self.quality is None else {
+                k: self.quality.fitted.get(k) for k in ("coverage", "flag_score_deg",
+                                                        "chosen_on")},
             "load_seconds": None if math.isnan(self.load_seconds) else self.load_seconds}
 
   def wait(self, timeout=MODEL_WAIT_S):
@@ -130,18 +138,19 @@ def to_stored_pixels(frames_list, out):
 def result_rows(frames_list, out, model):
   """`results.prediction_row`s of predicted frames, plus what the page and the review queue use:
   `landmarks` [[x, y] x 3] and `confidence` [3] (the row's columns as lists), `min_confidence`
-  and `kept` (whether the pseudo-label filters pass it; `review`)."""
-  from aop_tf import results  # pylint: disable=import-outside-toplevel
+  and `kept` (whether the pseudo-label filters pass it; `review`). With the card's quality model
+  (`model.quality`) rows get its score and interval, and the flag fires on the score."""
   from aop_tf import review  # pylint: disable=import-outside-toplevel
   landmarks, aop = to_stored_pixels(frames_list, out)
   sizes = [frame.size_px for frame in frames_list]
   kept, lowest = review.filter_verdicts(landmarks, out["confidence"], sizes, model.semi)
   spreads = out.get("aop_spread_deg", np.full(len(aop), np.nan))
+  fitted = quality.per_frame(model.quality, out, [f.image.shape[1::-1] for f in frames_list])
   rows = []
   for i, frame in enumerate(frames_list):
     row = results.prediction_row(frame, landmarks[i], aop[i], out["confidence"][i],
                                  float(spreads[i]), model.min_confidence,
-                                 model.uncertainty_floor_deg)
+                                 model.uncertainty_floor_deg, fitted[i])
     row.update(landmarks=landmarks[i].tolist(),
                confidence=np.asarray(out["confidence"][i], np.float64).tolist(),
                min_confidence=float(lowest[i]), kept=bool(kept[i]))

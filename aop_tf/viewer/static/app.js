@@ -77,11 +77,22 @@ function renderReadout(entry) {
   const points = entry && entry.points;
   const aop = points ? aopDeg(points) : NaN;
   $('aop').textContent = points ? `AoP ${fmt(aop)}°` : '';
+  const quality = state.session && state.session.model.quality;
+  const interval = result && hasInterval(result);
   $('uncertainty').textContent = !result ? '' : entry.corrected ?
-    `corrected; the model said ${fmt(result.aop_deg)}° ± ${fmt(result.aop_uncertainty_deg)}°` :
-    `± ${fmt(result.aop_uncertainty_deg)}° (RMS error to expect)`;
+    `corrected; the model said ${modelAop(result, quality)}` : interval ?
+    modelAop(result, quality) : Number.isFinite(result.aop_uncertainty_deg) ?
+    `± ${fmt(result.aop_uncertainty_deg)}° (RMS error to expect)` : '';
+  $('uncertainty').title = interval && quality && quality.chosen_on ?
+    `interval calibrated on ${quality.chosen_on}` : '';
+  $('interval-note').textContent = !interval ? '' :
+    `the true AoP lies in this range for ${fmt(10 * coverageOf(quality), 0)} of 10 images like ` +
+    'this one (calibrated on out-of-fold train predictions)';
   $('flag').textContent = !result ? '' : result.low_confidence ?
-    `⚠ low confidence: ${result.flag_reason}` : '✓ confident';
+    `⚠ check this one: ${result.flag_reason}` :
+    Number.isFinite(result.quality_score_deg) && quality ?
+    `✓ confident (expected AoP error ${fmt(result.quality_score_deg)}° < ` +
+    `${fmt(quality.flag_score_deg)}°)` : '✓ confident';
   $('flag').className = !result ? '' : result.low_confidence ? 'low' : 'ok';
   $('saved-state').textContent = !entry || !points ? '' : entry.dirty ? '● unsaved changes' :
     entry.label ? `✓ saved${entry.label.corrected ? ' (corrected)' : ''}` :
@@ -99,6 +110,22 @@ function renderReadout(entry) {
   $('labels-file').textContent = labels ?
     `${labels.count} saved in ${labels.path.split('/').pop()}` : '';
   $('labels-file').title = labels ? labels.path : '';
+}
+
+const hasInterval = (result) => Number.isFinite(result.aop_low_deg) &&
+                                 Number.isFinite(result.aop_high_deg);
+const coverageOf = (quality) => (quality && Number.isFinite(quality.coverage) ?
+                                 quality.coverage : 0.9);
+
+/** The model's AoP as `quality.describe_interval` writes it, e.g. "127.6° (90 %: 119–136)"
+ * where the row has the card's interval, else "127.6° ± 7.4°". */
+function modelAop(result, quality) {
+  if (!hasInterval(result)) {
+    return Number.isFinite(result.aop_uncertainty_deg) ?
+      `${fmt(result.aop_deg)}° ± ${fmt(result.aop_uncertainty_deg)}°` : `${fmt(result.aop_deg)}°`;
+  }
+  return `${fmt(result.aop_deg)}° (${fmt(100 * coverageOf(quality), 0)} %: ` +
+         `${fmt(result.aop_low_deg, 0)}–${fmt(result.aop_high_deg, 0)})`;
 }
 
 function renderClip() {

@@ -112,7 +112,8 @@ export function drawCanvas(canvas, state, entry) {
 const PLOT_PAD = {left: 38, right: 10, top: 10, bottom: 20};
 
 function plotScale(canvas, rows) {
-  const finite = rows.map((r) => r.aop_deg).filter(Number.isFinite);
+  const finite = rows.flatMap((r) => [r.aop_deg, r.aop_low_deg, r.aop_high_deg])
+      .filter(Number.isFinite);
   let lo = Math.min(...finite, 60), hi = Math.max(...finite, 160);
   lo = Math.floor(lo / 10) * 10; hi = Math.ceil(hi / 10) * 10;
   const w = canvas.clientWidth - PLOT_PAD.left - PLOT_PAD.right;
@@ -130,8 +131,20 @@ export function plotFrameAt(canvas, rows, x) {
   return rows[Math.max(0, Math.min(rows.length - 1, i))].index;
 }
 
-/** AoP over time of a clip: a point per frame, flagged frames in orange, saved frames ringed.
- * Returns the points drawn: {index, x, y, flagged} in canvas (CSS) pixels. */
+/** The band of the frames' 90 % intervals (`aop_low_deg`..`aop_high_deg`) where rows have them. */
+function drawBand(ctx, rows, sc) {
+  const band = rows.map((r, i) => [sc.x(i), r.aop_low_deg, r.aop_high_deg])
+      .filter(([, lo, hi]) => Number.isFinite(lo) && Number.isFinite(hi));
+  if (!band.length) return;
+  ctx.fillStyle = 'rgba(138, 180, 255, 0.18)'; ctx.beginPath();
+  band.forEach(([x, lo]) => ctx.lineTo(x, sc.y(lo)));
+  band.reverse().forEach(([x, , hi]) => ctx.lineTo(x, sc.y(hi)));
+  ctx.closePath(); ctx.fill();
+}
+
+/** AoP over time of a clip: a point per frame over the band of its 90 % intervals, flagged frames
+ * in orange, saved frames ringed. Returns the points drawn: {index, x, y, flagged} in canvas
+ * (CSS) pixels. */
 export function drawPlot(canvas, rows, frame) {
   const ctx = sizeCanvas(canvas);
   const w = canvas.clientWidth, h = canvas.clientHeight;
@@ -145,6 +158,7 @@ export function drawPlot(canvas, rows, frame) {
     line(ctx, [PLOT_PAD.left, sc.y(deg)], [w - PLOT_PAD.right, sc.y(deg)], '#333', 1);
   }
   const at = rows.findIndex((r) => r.index === frame);
+  drawBand(ctx, rows, sc);
   if (at >= 0) line(ctx, [sc.x(at), PLOT_PAD.top], [sc.x(at), h - PLOT_PAD.bottom], '#fff', 1);
   ctx.strokeStyle = '#8ab4ff'; ctx.lineWidth = 1; ctx.beginPath();
   rows.forEach((r, i) => {
