@@ -53,8 +53,9 @@ def card_of(model):
 
 
 def flag_min_confidence(model, default=0.3):
-  """The confidence below which `predict` flags an image: the threshold chosen for this model
-  on val (its card's `flag.min_confidence`), else `default`."""
+  """The confidence below which `predict` flags an image where the model has no fitted quality
+  score (`quality_fit`): its card's `flag.min_confidence` (cards before session 12), else
+  `default`."""
   value = card_of(model).get("flag", {}).get("min_confidence")
   return default if value is None else float(value)
 
