@@ -64,7 +64,7 @@ def test_smoke_run_writes_the_training_directory(reference_run, phantom_dir):
   assert set(written) == {"format"} | set(config.SECTIONS)
   assert written["model"] == dict(input_size=64, input_channels=1, base_filters=4, depth=2,
                                   heatmap_size=16, decode_to_full=False, norm="batch",
-                                  seg_classes=0, mixed_precision=False)
+                                  seg_classes=0, mixed_precision=False, dropout=0.0)
   assert written["codec"] == dict(sigma_cells=1.0, heatmap_scale=1.0, decode_method="dark",
                                   decode_blur_sigma=1.0, fh1_method="heatmap")
   for name in ("latest", "best_val_loss", "best_val_mre", "epoch_0002"):
