@@ -109,7 +109,7 @@ def per_image_rows(preds, errors, min_confidence=0.3, uncertainty_floor=None, qu
   `quality_fit` where there is one and `preds` kept the heatmaps, else at `min_confidence`) plus
   the labels and the errors (px and 512 space)."""
   fitted = quality.per_frame(
-      quality.QualityModel(quality_fit) if quality_fit else None,
+      quality.model_of(quality_fit),
       {k: preds[k] for k in ("heatmaps", "confidence", "aop_spread_deg") if k in preds} |
       {"landmarks": preds["pred_px"], "aop_deg": errors["aop_pred_deg"]}, preds["size_px"])
   rows = []

@@ -218,7 +218,7 @@ def predict_files(model, paths, batch_size=8, num_workers=4, min_confidence=0.3,
     every input (or clip tail) that could not be read; a still image is a row or a failure.
   """
   rows, failures = [], []
-  model_quality = quality.QualityModel(quality_fit) if quality_fit else None
+  model_quality = quality.model_of(quality_fit)
   bar = _Progress(len(paths), progress)
   stream = _prefetched(frame_stream(paths, selection, max_pixels, num_workers, failures, bar))
   with bar.bar:

@@ -141,6 +141,11 @@ class QualityModel:
     return np.asarray(score_deg, np.float64) >= float(self.fitted["flag_score_deg"])
 
 
+def model_of(fitted):
+  """The `QualityModel` of a card's fitted `quality` section (`zoo.quality_fit`), or None."""
+  return QualityModel(fitted) if fitted else None
+
+
 def per_frame(model, out, sizes_px):
   """Per image `(score_deg, low_deg, high_deg, threshold_deg)` of one predicted batch (what
   `results.prediction_row` takes as `quality`), or None each where there is no `model` or the

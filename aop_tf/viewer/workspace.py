@@ -64,8 +64,7 @@ class Model:
     self.min_confidence = (zoo.flag_min_confidence(ref) if min_confidence is None
                            else float(min_confidence))
     self.uncertainty_floor_deg = zoo.uncertainty_floor_deg(ref)
-    fitted = zoo.quality_fit(ref)
-    self.quality = quality.QualityModel(fitted) if fitted else None
+    self.quality = quality.model_of(zoo.quality_fit(ref))
     self._load_kwargs = load_kwargs
     self._ready = threading.Event()
     self._lock = threading.Lock()
